@@ -1,0 +1,1 @@
+"""Entry points: the `maskdex` CLI, Ray job drivers and the Ray Serve application."""

@@ -1,0 +1,1 @@
+"""LanceDB storage: table schemas, writers, readers and indexes."""
