@@ -40,10 +40,10 @@ def as_rgb_uint8(image) -> np.ndarray:
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return np.asarray(image)
+        return np.array(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return np.asarray(image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGBA"))
+    return np.array(image.convert("RGB"))
 
 
 def _full_scale(array: np.ndarray) -> float:
