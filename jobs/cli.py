@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import demo
+from jobs import demo, index_cmds, samples
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Object-level image search and few-shot segmentation at scale, on Ray.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    index_cmds.add_parsers(commands)
+    samples.add_parser(commands)
     demo.add_parser(commands)
     presets = commands.add_parser("presets", help="list the model presets and the weight files they need")
     presets.set_defaults(run=_list_presets)

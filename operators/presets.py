@@ -225,3 +225,12 @@ def _weight_file(filename: str, what: str, weights: str | os.PathLike | None, hu
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(repo_id=source, filename=ref)
+
+
+def embedding_dim(spec: CLIPSpec) -> int:
+    """The embedding size of a CLIP spec, known without building the model."""
+    if isinstance(spec.arch, dict):
+        return int(spec.arch["embed_dim"])
+    import open_clip
+
+    return int(open_clip.get_model_config(spec.arch)["embed_dim"])

@@ -1,0 +1,113 @@
+"""`maskdex index`, `search`, `build-index` and `stats`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parsers(commands) -> None:
+    index = commands.add_parser("index", help="index images (files, folders, globs, s3:// or gs:// URIs, parquet)")
+    index.add_argument("sources", nargs="+", metavar="SOURCE")
+    _db(index)
+    index.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
+    index.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
+    index.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
+    index.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    index.add_argument("--sam-actors", type=_positive_int, default=1, help="SAM 2 actors (default 1)")
+    index.add_argument("--clip-actors", type=_positive_int, default=1, help="Alpha-CLIP actors (default 1)")
+    index.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="GPUs each model actor reserves (default: 1 when --device cuda, else 0)")
+    index.add_argument("--points-per-side", type=_positive_int, default=None, help="SAM 2 point grid side")
+    index.add_argument("--max-masks", type=_positive_int, default=None, help="cap on masks per image")
+    index.add_argument("--min-area", type=int, default=None, help="smallest mask kept, in pixels")
+    index.add_argument("--commit-every", type=_positive_int, default=16, help="images per database commit")
+    index.add_argument("--retry-failed", action="store_true", help="index again the images that failed before")
+    index.add_argument("--no-build-index", action="store_true", help="do not build the vector index afterwards")
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    index.set_defaults(run=run_index)
+
+    search = commands.add_parser("search", help="find images by text; ranked by their best-matching region")
+    search.add_argument("text", metavar="TEXT")
+    _db(search)
+    search.add_argument("-k", type=_positive_int, default=10, help="images to return (default 10)")
+    search.add_argument("--templates", action="store_true", help="average the query over CLIP prompt templates")
+    search.add_argument("--weights-dir", default=None)
+    search.add_argument("--json", action="store_true", help="print results as JSON")
+    search.set_defaults(run=run_search)
+
+    build = commands.add_parser("build-index", help="build or refresh the vector and scalar indexes")
+    _db(build)
+    build.add_argument("--force", action="store_true", help="build the vector index even on a small table")
+    build.set_defaults(run=run_build_index)
+
+    stats = commands.add_parser("stats", help="what a database holds")
+    _db(stats)
+    stats.set_defaults(run=run_stats)
+
+
+def _db(parser) -> None:
+    parser.add_argument("--db", required=True, help="LanceDB directory or object-store URI")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_index(args) -> int:
+    from pipelines.index_job import IndexSettings, StageResources
+    from pipelines.index_job import run_index as index
+
+    on_gpu = args.device.startswith("cuda")
+    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if on_gpu else 0.0)
+    mask_settings = {name: value for name, value in (("points_per_side", args.points_per_side),
+                                                      ("max_masks", args.max_masks),
+                                                      ("min_area", args.min_area)) if value is not None}
+    settings = IndexSettings(
+        models=args.models, weights=args.weights_dir, device=args.device, mask_settings=mask_settings,
+        sam=StageResources(actors=args.sam_actors, num_cpus=1.0, num_gpus=gpus),
+        clip=StageResources(actors=args.clip_actors, num_cpus=0.5, num_gpus=gpus),
+        commit_every=args.commit_every, retry_failed=args.retry_failed, build_index=not args.no_build_index,
+    )
+    summary = index(args.sources, args.db, settings, address=args.address)
+    print(json.dumps(summary.as_dict(), indent=2, default=str) if args.json else summary.render())
+    return 0
+
+
+def run_search(args) -> int:
+    from pipelines.search import TextSearcher
+
+    results = TextSearcher(args.db, weights=args.weights_dir).search(args.text, k=args.k, templates=args.templates)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    if not results:
+        print("no results (is the database empty?)")
+    print(f"{'rank':>4} {'score':>7}  {'region box (x, y, w, h)':>24}  uri")
+    for rank, result in enumerate(results, 1):
+        print(f"{rank:4d} {result['score']:7.3f}  {str(tuple(result['region']['bbox'])):>24}  {result['uri']}")
+    return 0
+
+
+def run_build_index(args) -> int:
+    from storage.index_store import IndexStore
+
+    built = IndexStore.open(args.db, models=None, embed_dim=None, create=False).build_index(force=args.force)
+    print(json.dumps(built, indent=2, default=str))
+    return 0
+
+
+def run_stats(args) -> int:
+    from storage.index_store import IndexStore
+
+    print(json.dumps(IndexStore.open(args.db, models=None, embed_dim=None, create=False).stats(), indent=2,
+                     default=str))
+    return 0
+
+

@@ -1,0 +1,216 @@
+"""The index job: image sources -> SAM 2 masks -> Alpha-CLIP embeddings -> LanceDB, on Ray Data.
+
+Reading, hashing and decoding run as CPU tasks, the two models on actor pools (GPU actors on a GPU
+cluster, CPU actors here). Results stream back to this driver, the one writer, which commits them
+in batches: regions first, then the images rows that mark them done. A killed job loses only the
+uncommitted batch, and the next run skips everything already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from operators.presets import embedding_dim, get_preset
+from pipelines.decode import DEFAULT_MAX_PIXELS
+from pipelines.index_stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from pipelines.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
+from storage.index_store import IndexStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Where one model stage runs: actors in the pool, and what each actor reserves."""
+
+    actors: int = 1
+    max_actors: int | None = None  # autoscale up to this many actors when set
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Small batches: both models loop over images inside a batch anyway, and small batches stream
+    # results to the writer sooner (less work lost to a kill, steadier progress).
+    batch_size: int = 2
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    models: str = "tiny"
+    weights: str | None = None
+    device: str = "auto"
+    dtype: str | None = "bfloat16"
+    mask_settings: dict = field(default_factory=dict)  # overrides of the preset's MaskSettings
+    context: float | None = 0.5  # Alpha-CLIP crop margin around each region's box
+    max_side: int = 1024  # images are downscaled to this before SAM 2 (it works at 1024 anyway)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    read_num_cpus: float = 0.5
+    # Files per block. A block moves through the stages as one unit, so this is also how many images
+    # reach the writer at a time: small blocks keep results streaming and make a kill lose less.
+    read_batch_size: int = 4
+    sam: StageResources = StageResources(num_cpus=1.0)
+    clip: StageResources = StageResources(num_cpus=0.5)
+    commit_every: int = 16
+    retry_failed: bool = False
+    build_index: bool = True
+
+
+@dataclass
+class IndexSummary:
+    inputs: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # already in the database before this run
+    duplicates: int = 0  # same bytes as another input of this run
+    regions: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    index: dict | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**{k: v for k, v in self.__dict__.items() if k != "failures"},
+                "failures": [{"uri": u, "error": e} for u, e in self.failures],
+                "images_per_second": round(self.images_per_second, 3)}
+
+    def render(self) -> str:
+        lines = [
+            f"indexed {self.inputs} inputs in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
+            f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped}, duplicates {self.duplicates}",
+            f"  regions written {self.regions}",
+        ]
+        lines += [f"  failed: {uri}: {error}" for uri, error in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more failures (status 'failed' in the images table)")
+        if self.index:
+            lines.append(f"  vector index: {json.dumps(self.index, default=str)}")
+        return "\n".join(lines)
+
+
+def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettings(),
+              address: str | None = None) -> IndexSummary:
+    started = time.perf_counter()
+    preset = get_preset(settings.models)
+    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    expanded = expand_sources(sources)
+    if settings.retry_failed:
+        store.forget_failed()
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+
+    known = ray.put(store.all_image_ids())
+    dataset = _read_stage(expanded, known, settings)
+    dataset = dataset.map_batches(
+        MaskStage,
+        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
+                               "dtype": settings.dtype, "settings": settings.mask_settings,
+                               "threads": max(1, int(settings.sam.num_cpus))},
+        **_pool(settings.sam),
+    )
+    dataset = dataset.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
+                               "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
+                               "threads": max(1, int(settings.clip.num_cpus))},
+        **_pool(settings.clip),
+    )
+
+    summary = IndexSummary()
+    seen: set[str] = set()
+    for batch in dataset.iter_batches(batch_size=settings.commit_every, batch_format="numpy"):
+        images, regions = [], []
+        for row in _rows(batch):
+            summary.inputs += 1
+            if row["status"] == SKIPPED:
+                summary.skipped += 1
+                continue
+            if row["image_id"] in seen:
+                summary.duplicates += 1
+                continue
+            seen.add(row["image_id"])
+            image_row, region_rows = _table_rows(row, preset.fingerprint)
+            images.append(image_row)
+            regions.extend(region_rows)
+            if row["status"] == OK:
+                summary.ok += 1
+                summary.regions += len(region_rows)
+            else:
+                summary.failed += 1
+                summary.failures.append((row["uri"], row["error"]))
+        if images:
+            store.commit(images, regions)
+    if settings.build_index:
+        summary.index = store.maybe_build_index()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _pool(resources: StageResources) -> dict:
+    if resources.max_actors:
+        compute = ray.data.ActorPoolStrategy(min_size=resources.actors, max_size=resources.max_actors)
+    else:
+        compute = ray.data.ActorPoolStrategy(size=resources.actors)
+    return {"compute": compute, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+            "batch_size": resources.batch_size, "batch_format": "numpy", "max_restarts": 2,
+            "max_task_retries": 2}
+
+
+def _read_stage(expanded, known, settings: IndexSettings):
+    common = {"known": known, "max_pixels": settings.max_pixels, "max_side": settings.max_side}
+    parts = []
+    if expanded.files:
+        blocks = -(-len(expanded.files) // settings.read_batch_size)
+        items = ray.data.from_items([{"uri": uri} for uri in expanded.files], override_num_blocks=blocks)
+        parts.append(items.map_batches(read_files, fn_kwargs=common, num_cpus=settings.read_num_cpus,
+                                       batch_size=settings.read_batch_size, batch_format="numpy"))
+    if expanded.parquet:
+        schema = pq.read_schema(expanded.parquet[0]) if "://" not in expanded.parquet[0] else None
+        names = set(schema.names) if schema is not None else set(PARQUET_BYTES_COLUMNS)
+        bytes_column = next((c for c in PARQUET_BYTES_COLUMNS if c in names), None)
+        if bytes_column is None:
+            raise SourceError(f"parquet file {expanded.parquet[0]} has no image-bytes column "
+                              f"(looked for {', '.join(PARQUET_BYTES_COLUMNS)}; it has {', '.join(sorted(names))})")
+        key_column = next((c for c in ("key", "url") if c in names), None)
+        columns = [bytes_column] + ([key_column] if key_column else [])
+        rows = ray.data.read_parquet(expanded.parquet, columns=columns, include_paths=True)
+        parts.append(rows.map_batches(read_parquet_rows,
+                                      fn_kwargs={**common, "bytes_column": bytes_column, "key_column": key_column},
+                                      num_cpus=settings.read_num_cpus, batch_size=settings.read_batch_size,
+                                      batch_format="numpy"))
+    if not parts:
+        raise SourceError("the sources name no image file")
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _rows(batch: dict[str, np.ndarray]):
+    for index in range(len(batch["uri"])):
+        yield {key: values[index] for key, values in batch.items()}
+
+
+def _table_rows(row: dict, models: str) -> tuple[dict, list[dict]]:
+    ok = row["status"] == OK
+    regions = json.loads(row["regions"]) if ok else []
+    embeddings = row["region_embeddings"]
+    region_rows = [
+        {"region_id": f"{row['image_id']}:{n}", "image_id": str(row["image_id"]), "rle": region["rle"],
+         "bbox": [int(v) for v in region["bbox"]], "area": int(region["area"]),
+         "predicted_iou": float(region["predicted_iou"]), "stability_score": float(region["stability_score"]),
+         "embedding": np.asarray(embeddings[n], dtype=np.float32)}
+        for n, region in enumerate(regions)
+    ]
+    image_row = {
+        "image_id": str(row["image_id"]), "uri": str(row["uri"]), "width": int(row["width"]),
+        "height": int(row["height"]), "status": OK if ok else FAILED, "error": None if ok else str(row["error"]),
+        "n_regions": len(region_rows),
+        "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
+        "models": models,
+    }
+    return image_row, region_rows

@@ -1,0 +1,28 @@
+"""Text search over an index: the query's CLIP text embedding against the stored region embeddings."""
+
+from __future__ import annotations
+
+from operators.presets import alpha_clip_encoder, get_preset
+from operators.prompts import IMAGENET_TEMPLATES
+from storage.index_store import IndexStore
+
+
+class TextSearcher:
+    """Holds the text encoder of the preset that built the database, so repeated queries pay for it once."""
+
+    def __init__(self, db: str, *, weights: str | None = None, device: str = "auto"):
+        self.store = IndexStore.open(db, models=None, embed_dim=None, create=False)
+        preset = get_preset(self.store.models.split("(", 1)[0])
+        if preset.fingerprint != self.store.models:
+            raise ValueError(f"database {db} was built by {self.store.models!r}, which this maskdex "
+                             f"version defines as {preset.fingerprint!r}")
+        self.encoder = alpha_clip_encoder(preset, weights=weights, device=device)
+
+    def search(self, text: str, *, k: int = 10, oversample: int = 10, templates: bool = False,
+               filters: dict | None = None) -> list[dict]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the search text is empty")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        query = self.encoder.embed_texts([text], IMAGENET_TEMPLATES if templates else None)[0].numpy()
+        return self.store.search(query, k=k, oversample=oversample, filters=filters)

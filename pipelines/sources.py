@@ -1,0 +1,83 @@
+"""Turning SOURCE arguments into image references: files, folders, globs, object-store URIs, parquet."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+PARQUET_EXTENSIONS = frozenset({".parquet"})
+# Column names img2dataset writes image bytes under, in the order they are tried.
+PARQUET_BYTES_COLUMNS = ("jpg", "png", "webp", "image", "bytes")
+
+
+class SourceError(ValueError):
+    """A SOURCE argument names nothing that can be indexed."""
+
+
+@dataclass(frozen=True)
+class Sources:
+    files: list[str]  # image file paths or URIs, read one by one
+    parquet: list[str]  # parquet files holding image bytes
+
+
+def _is_uri(source: str) -> bool:
+    return "://" in source
+
+
+def expand_sources(sources: list[str]) -> Sources:
+    """Every image file and parquet file named by the sources, in a stable order.
+
+    Folders are walked recursively for image extensions; a path that does not exist is kept as a
+    file reference so that the job records it as failed rather than forgetting it.
+    """
+    if not sources:
+        raise SourceError("no SOURCE given: name image files, folders, glob patterns or parquet files")
+    files: list[str] = []
+    parquet: list[str] = []
+    for source in sources:
+        matched = _expand_uri(source) if _is_uri(source) else _expand_local(source)
+        for path in matched:
+            (parquet if os.path.splitext(path)[1].lower() in PARQUET_EXTENSIONS else files).append(path)
+    return Sources(files=list(dict.fromkeys(files)), parquet=list(dict.fromkeys(parquet)))
+
+
+def _expand_local(source: str) -> list[str]:
+    if glob.has_magic(source):
+        matches = sorted(glob.glob(source, recursive=True))
+        if not matches:
+            raise SourceError(f"glob pattern {source!r} matches no file")
+        return [m for path in matches for m in _expand_local(path)]
+    if os.path.isdir(source):
+        found = []
+        for root, dirs, names in os.walk(source):
+            dirs.sort()
+            found.extend(os.path.join(root, name) for name in sorted(names)
+                         if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS)
+        return [os.path.abspath(path) for path in found]
+    return [os.path.abspath(source)]
+
+
+def _expand_uri(source: str) -> list[str]:
+    filesystem, path = pafs.FileSystem.from_uri(source)
+    scheme = source.split("://", 1)[0]
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(path, recursive=True)
+        return sorted(f"{scheme}://{entry.path}" for entry in filesystem.get_file_info(selector)
+                      if entry.type == pafs.FileType.File
+                      and os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS)
+    return [source]
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes of a local path or an object-store URI."""
+    if _is_uri(uri):
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    with open(uri, "rb") as handle:
+        return handle.read()

@@ -1,0 +1,68 @@
+"""The index job on a real local Ray instance and a real LanceDB directory."""
+
+from __future__ import annotations
+
+import lancedb
+import numpy as np
+import pytest
+
+from operators import rle as rle_codec
+from pipelines.index_job import IndexSettings, run_index
+from storage.index_store import IndexStore
+from tests.corpus import build_corpus
+
+SETTINGS = IndexSettings(models="tiny", max_pixels=5_000_000, commit_every=4)
+
+
+def _table(db, name):
+    return lancedb.connect(str(db)).open_table(name).to_arrow().to_pylist()
+
+
+@pytest.mark.slow
+def test_every_input_is_accounted_for_and_regions_fit_their_images(tmp_path, ray_local):
+    corpus = build_corpus(tmp_path / "corpus")
+    db = tmp_path / "db"
+    summary = run_index([str(corpus.root), str(corpus.missing)], str(db), SETTINGS)
+
+    assert summary.inputs == corpus.inputs
+    assert (summary.ok, summary.failed, summary.duplicates, summary.skipped) == (
+        len(corpus.ok), len(corpus.bad) + 1, len(corpus.duplicates), 0)
+    images = {row["uri"]: row for row in _table(db, "images")}
+    assert len(images) == summary.ok + summary.failed
+    for path in corpus.ok:
+        row = images[str(path)]
+        assert row["status"] == "ok" and row["error"] is None and row["n_regions"] > 0, row
+    for path, word in corpus.bad.items():
+        row = images[str(path)]
+        assert row["status"] == "failed" and word in row["error"], row
+    missing = images[str(corpus.missing)]
+    assert missing["status"] == "failed" and "FileNotFoundError" in missing["error"]
+    # EXIF orientation is applied: chelsea is 451 x 300, rotated by 90 degrees.
+    rotated = images[str(corpus.root / "odd" / "exif_rotated.jpg")]
+    assert (rotated["width"], rotated["height"]) == (300, 451)
+
+    by_id = {row["image_id"]: row for row in images.values()}
+    regions = _table(db, "regions")
+    assert len(regions) == summary.regions == sum(row["n_regions"] for row in images.values())
+    assert len({r["region_id"] for r in regions}) == len(regions)
+    for region in regions:
+        image = by_id[region["image_id"]]
+        mask = rle_codec.decode(region["rle"])
+        assert mask.shape == (image["height"], image["width"])
+        assert mask.sum() == region["area"]
+        assert list(region["bbox"]) == rle_codec.bbox(region["rle"])
+        assert np.isclose(np.linalg.norm(region["embedding"]), 1.0, atol=1e-4)
+
+    again = run_index([str(corpus.root), str(corpus.missing)], str(db), SETTINGS)
+    assert again.skipped == corpus.inputs and again.ok == again.failed == again.regions == 0
+    assert len(_table(db, "regions")) == len(regions)
+
+
+def test_appending_with_another_preset_is_refused(tmp_path, ray_local):
+    corpus = build_corpus(tmp_path / "corpus", photos=("coffee",), with_bad=False)
+    db = str(tmp_path / "db")
+    run_index([str(corpus.ok[0])], db, SETTINGS)
+    store = IndexStore.open(db, models=None, embed_dim=None, create=False)
+    assert store.stats()["images_ok"] == 1
+    with pytest.raises(ValueError, match="tiny"):
+        run_index([str(corpus.ok[0])], db, IndexSettings(models="fast"))
