@@ -1,0 +1,289 @@
+"""IndexStore: the `images` and `regions` tables of one maskdex index, in one LanceDB database.
+
+Commit protocol: an image's regions are written first and its `images` row last, so the images
+row is the commit mark. A crash between the two leaves regions without an images row; a writable
+open deletes them, search never returns them, and the re-run writes them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+
+import lancedb
+import numpy as np
+import pyarrow.compute as pc
+
+from storage import rows, schemas, search as region_search, vector_index
+from storage.schemas import IMAGES, REGIONS
+
+# Every read first checks for a newer table version (a fraction of a millisecond on a local
+# disk): several writers may share one database, and a long-lived searcher must see new commits.
+_READ_CONSISTENCY = timedelta(0)
+# Ids per `IN (...)` lookup, to keep the SQL short.
+_ID_CHUNK = 1000
+
+
+class ModelMismatchError(ValueError):
+    """The database was built by another model preset (or with another embedding dimension)."""
+
+
+class IndexStore:
+    """Open with `IndexStore.open`. One process at a time should hold a writable store per
+    database while others write: opening writable deletes regions that have no images row, and
+    those include the regions of a commit in flight. Readers pass read_only=True."""
+
+    def __init__(self, uri: str, images, regions, models: str, embed_dim: int, read_only: bool):
+        self.uri = uri
+        self.models = models
+        self.embed_dim = embed_dim
+        self.read_only = read_only
+        self._images = images
+        self._regions = regions
+
+    @classmethod
+    def open(cls, uri: str, *, models: str | None, embed_dim: int | None, create: bool = True,
+             read_only: bool = False) -> IndexStore:
+        """Open the index at a directory or object-store URI, creating it on first use.
+
+        models / embed_dim must match what the index was built with (ModelMismatchError names
+        both); None accepts whatever it was built with. Creating requires both. read_only never
+        creates, never deletes, and refuses writes.
+        """
+        db = lancedb.connect(uri, read_consistency_interval=_READ_CONSISTENCY)
+        tables = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
+        recorded = _recorded_build(uri, tables)
+        if recorded is not None:
+            _check_same_build(uri, recorded, models, embed_dim)
+            models, embed_dim = recorded
+        missing = [name for name in (REGIONS, IMAGES) if name not in tables]
+        if missing:
+            if read_only or not create:
+                raise FileNotFoundError(f"no maskdex index at {uri}" if len(missing) == 2 else
+                                        f"the index at {uri} lacks its {missing[0]} table; open it once writable "
+                                        f"with create=True to finish creating it")
+            if not models or embed_dim is None or embed_dim < 1:
+                raise ValueError(f"creating an index at {uri} needs models and a positive embed_dim "
+                                 f"(got models={models!r}, embed_dim={embed_dim!r})")
+            for name in missing:  # regions before images, like every commit
+                tables[name] = _create_table(db, uri, name, models, embed_dim)
+        store = cls(uri, tables[IMAGES], tables[REGIONS], models, embed_dim, read_only)
+        if not read_only:
+            store._drop_orphan_regions()
+        return store
+
+    # Writing
+
+    def known_image_ids(self, image_ids: Iterable[str]) -> set[str]:
+        """Those of image_ids that already have an images row (any status)."""
+        found: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(image_ids)), _ID_CHUNK):
+            table = self._where(self._images, f"image_id IN {region_search.sql_strings(chunk)}", ["image_id"])
+            found.update(table["image_id"].to_pylist())
+        return found
+
+    def commit(self, images: list[dict], regions: list[dict]) -> int:
+        """Write a batch: regions first, then the images rows. Images already stored are skipped
+        with their regions, and repeats inside the batch collapse (first wins), so a re-run never
+        duplicates. Raises ValueError, writing nothing, on a bad row. Returns images rows written."""
+        self._require_writable("commit")
+        batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
+        batch = batch.without(self.known_image_ids(batch.image_ids))
+        if not batch.images:
+            return 0
+        # Convert both before writing either, so a conversion error writes nothing.
+        images_table = batch.images_table(self.embed_dim, self.models)
+        regions_table = batch.regions_table(self.embed_dim, self.models)
+        if regions_table.num_rows:
+            self._regions.add(regions_table)
+        self._images.add(images_table)
+        return images_table.num_rows
+
+    def forget_failed(self) -> int:
+        """Delete the images rows with status 'failed', so that a re-run retries them."""
+        self._require_writable("forget_failed")
+        return self._images.delete("status = 'failed'").num_deleted_rows
+
+    # Indexes
+
+    def build_index(self, *, force: bool = False) -> dict:
+        """Scalar indexes, and the IVF_PQ index on regions.embedding once there are
+        vector_index.MIN_ROWS regions (any number from 256 with force). An existing vector index
+        is refreshed with optimize(), or retrained with force. Returns what was done."""
+        self._require_writable("build_index")
+        # Compaction first, so the vector index trains on few large fragments.
+        self._optimize()
+        report = {"regions": self._regions.count_rows(),
+                  "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
+                                     + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
+        if vector_index.find_vector_index(self._regions) is not None and not force:
+            return {**report, "vector_index": "refreshed", **self._vector_params().describe()}
+        if report["regions"] < vector_index.MIN_ROWS and not force:
+            return {**report, "vector_index": "skipped",
+                    "reason": f"{report['regions']} regions is below {vector_index.MIN_ROWS}, where exact search is "
+                              f"fast; force=True builds one anyway"}
+        params = vector_index.build_vector_index(self._regions, self.embed_dim)
+        return {**report, "vector_index": "built", **params.describe()}
+
+    def maybe_build_index(self) -> dict | None:
+        """After an index run: build the vector index once the table is large enough, retrain it
+        when the table has outgrown what it was trained on, refresh it otherwise. Compacts the
+        tables in any case; returns build_index's report, or None when no vector index is due."""
+        self._require_writable("maybe_build_index")
+        if vector_index.find_vector_index(self._regions) is None:
+            if self._regions.count_rows() >= vector_index.MIN_ROWS:
+                return self.build_index()
+            self._optimize()
+            return None
+        grown = self._regions.count_rows() > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
+        return self.build_index(force=grown)
+
+    # Reading
+
+    def search(self, query: np.ndarray, *, k: int = 10, oversample: int = 10, filters: dict | None = None,
+               exact: bool = False) -> list[dict]:
+        """The k best images for a unit query vector, best first; an image scores its best region.
+
+        Each result: {"image_id", "uri", "score", "region": {"region_id", "bbox": [x, y, w, h],
+        "rle": {"size": [h, w], "counts": str}, "score"}}; scores are cosine similarities.
+        filters: {"min_area": int, "max_area": int, "image_ids": [...]}, any subset.
+        exact=True skips the vector index (ground truth for recall).
+        """
+        query = self._check_query(query)
+        if k < 1 or oversample < 1:
+            raise ValueError(f"k and oversample must be >= 1, got k={k}, oversample={oversample}")
+        where = region_search.where_clause(filters)
+        if filters and filters.get("image_ids") is not None and not list(filters["image_ids"]):
+            return []
+        index = None if exact else vector_index.find_vector_index(self._regions)
+        nprobes = None if index is None else self._vector_params(index).nprobes()
+        return region_search.search_images(self._regions, self._images, query, k=k, oversample=oversample,
+                                           where=where, nprobes=nprobes)
+
+    def image(self, image_id: str) -> dict | None:
+        rows_ = self._where(self._images, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
+        return _with_array_embedding(rows_[0]) if rows_ else None
+
+    def regions_of(self, image_id: str) -> list[dict]:
+        """The image's regions in region number order."""
+        rows_ = self._where(self._regions, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
+        return [_with_array_embedding(row) for row in sorted(rows_, key=_region_number)]
+
+    def stats(self) -> dict:
+        images_ok = self._images.count_rows("status = 'ok'")
+        index = vector_index.find_vector_index(self._regions)
+        regions = self._regions.count_rows()
+        return {
+            "uri": self.uri,
+            "models": self.models,
+            "embed_dim": self.embed_dim,
+            "images_ok": images_ok,
+            "images_failed": self._images.count_rows() - images_ok,
+            "regions": regions,
+            "indexed": index is not None,
+            "unindexed_rows": regions if index is None else index.num_unindexed_rows,
+            "vector_index": None if index is None else self._vector_params(index).describe(),
+        }
+
+    # Internals
+
+    def _vector_params(self, index=None) -> vector_index.IvfPqParams:
+        # An index built by hand (or before its record was written) gets the parameters that
+        # build_index would have chosen for the rows it covers.
+        recorded = vector_index.IvfPqParams.recorded(self._regions)
+        if recorded is not None:
+            return recorded
+        index = index or vector_index.find_vector_index(self._regions)
+        return vector_index.IvfPqParams.for_table(index.num_indexed_rows or 0, self.embed_dim)
+
+    def _drop_orphan_regions(self) -> int:
+        # Cheap test first: every committed image accounts for exactly n_regions rows.
+        n_regions = self._where(self._images, None, ["n_regions"])["n_regions"]
+        if self._regions.count_rows() == (pc.sum(n_regions).as_py() or 0):
+            return 0
+        region_images: set[str] = set()
+        for batch in self._regions.search().select(["image_id"]).limit(None).to_batches():
+            region_images.update(pc.unique(batch.column("image_id")).to_pylist())
+        orphans = sorted(region_images - self.known_image_ids(region_images))
+        deleted = 0
+        for chunk in _chunks(orphans, _ID_CHUNK):
+            deleted += self._regions.delete(f"image_id IN {region_search.sql_strings(chunk)}").num_deleted_rows
+        return deleted
+
+    def _optimize(self) -> None:
+        # Compacts the small fragments that per-batch commits leave, and folds rows added since
+        # into the scalar and vector indexes.
+        for table in (self._images, self._regions):
+            table.optimize()
+
+    def _check_query(self, query) -> np.ndarray:
+        vector = np.asarray(query, dtype=np.float32)
+        if vector.shape != (self.embed_dim,):
+            raise ValueError(f"query has shape {vector.shape}, this index holds ({self.embed_dim},) embeddings")
+        if not np.isfinite(vector).all() or not np.any(vector):
+            raise ValueError("query must be finite and non-zero")
+        return vector
+
+    def _require_writable(self, action: str) -> None:
+        if self.read_only:
+            raise ValueError(f"cannot {action}: the index at {self.uri} was opened read_only")
+
+    @staticmethod
+    def _where(table, where: str | None, columns: list[str] | None = None):
+        query = table.search()
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
+
+def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
+    schema = (schemas.regions_schema if name == REGIONS else schemas.images_schema)(embed_dim, models)
+    try:
+        table = db.create_table(name, schema=schema, exist_ok=True)
+    except ValueError:
+        if name not in db:
+            raise
+        # Created meanwhile by another process, with a different schema: say how it differs.
+        table = db.open_table(name)
+        _check_same_build(uri, _recorded_build(uri, {name: table}), models, embed_dim)
+        raise
+    vector_index.ensure_scalar_indexes(table, name)
+    return table
+
+
+def _recorded_build(uri: str, tables: dict) -> tuple[str, int] | None:
+    builds = {name: schemas.recorded_build(table.schema) for name, table in tables.items()}
+    foreign = [name for name, build in builds.items() if build is None]
+    if foreign:
+        raise ValueError(f"table {foreign[0]} at {uri} was not created by maskdex (its schema has no build record)")
+    if len(set(builds.values())) > 1:
+        raise ValueError(f"the images and regions tables at {uri} record different builds: {builds}")
+    return next(iter(builds.values()), None)
+
+
+def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | None, embed_dim: int | None) -> None:
+    if recorded is None:
+        return
+    recorded_models, recorded_dim = recorded
+    if models is not None and models != recorded_models:
+        raise ModelMismatchError(f"the index at {uri} was built with models {recorded_models!r}, not {models!r}; "
+                                 f"use that preset, or another index location")
+    if embed_dim is not None and embed_dim != recorded_dim:
+        raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "
+                                 f"(models {recorded_models!r})")
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _region_number(row: dict) -> int:
+    return int(row["region_id"].rsplit(":", 1)[1])
+
+
+def _with_array_embedding(row: dict) -> dict:
+    embedding = row.get("embedding")
+    return {**row, "embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32)}

@@ -1,0 +1,74 @@
+"""Arrow schemas of the index tables (design.md section 2) and the build record kept in them.
+
+The preset fingerprint and the embedding dimension live in the Arrow schema metadata of both
+tables. Lance writes that metadata in the same commit that creates the table and keeps it
+through appends, deletes and compaction, so a table can never exist without its record, and
+either table read alone (by Ray Data, say) still says which models produced its vectors.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+IMAGES = "images"
+REGIONS = "regions"
+
+MODELS_KEY = b"maskdex.models"
+EMBED_DIM_KEY = b"maskdex.embed_dim"
+
+RLE_TYPE = pa.struct([pa.field("size", pa.list_(pa.int32())), pa.field("counts", pa.string())])
+BBOX_TYPE = pa.list_(pa.int32(), 4)
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+
+STATUSES = ("ok", "failed")
+
+
+def embedding_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def images_schema(dim: int, models: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            # A file that failed to decode has no size.
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            pa.field("n_regions", pa.int32(), nullable=False),
+            pa.field("embedding", embedding_type(dim)),
+            pa.field("models", pa.string(), nullable=False),
+            pa.field("indexed_at", TIMESTAMP_TYPE, nullable=False),
+        ],
+        metadata=_build_record(dim, models),
+    )
+
+
+def regions_schema(dim: int, models: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("region_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("rle", RLE_TYPE, nullable=False),
+            pa.field("bbox", BBOX_TYPE, nullable=False),
+            pa.field("area", pa.int64(), nullable=False),
+            pa.field("predicted_iou", pa.float32(), nullable=False),
+            pa.field("stability_score", pa.float32(), nullable=False),
+            pa.field("embedding", embedding_type(dim), nullable=False),
+        ],
+        metadata=_build_record(dim, models),
+    )
+
+
+def recorded_build(schema: pa.Schema) -> tuple[str, int] | None:
+    """(models, embed_dim) recorded in a table's schema, or None for a table maskdex did not create."""
+    metadata = schema.metadata or {}
+    if MODELS_KEY not in metadata or EMBED_DIM_KEY not in metadata:
+        return None
+    return metadata[MODELS_KEY].decode(), int(metadata[EMBED_DIM_KEY])
+
+
+def _build_record(dim: int, models: str) -> dict[bytes, bytes]:
+    return {MODELS_KEY: models.encode(), EMBED_DIM_KEY: str(dim).encode()}
