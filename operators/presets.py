@@ -225,3 +225,13 @@ def _weight_file(filename: str, what: str, weights: str | os.PathLike | None, hu
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(repo_id=source, filename=ref)
+
+
+def dense_feature_extractor(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
+                            dtype: str | None = "bfloat16", **options):
+    """The preset's MaskCLIP dense feature extractor for RNS; keyword options go to DenseCLIPFeatures."""
+    from operators.dense_features import DenseCLIPFeatures
+
+    spec = (get_preset(preset) if isinstance(preset, str) else preset).dense_clip
+    return DenseCLIPFeatures(build_clip_model(spec, weights), clip_tokenizer(spec.arch), device=device, dtype=dtype,
+                             **options)
