@@ -8,7 +8,7 @@ The time splits into retrieval (k-NN search plus building the fused and pseudo r
 (700 full-batch AdamW steps) and prediction (softmax per patch, bilinear upsampling, argmax).
 Prints a table of medians over repeats; asserts nothing.
 
-    python benchmarks/rns_adaptation.py [--repeats 3] [--device cpu] [--shots 20 100] [--batch 8]
+    python benchmarks/rns_adaptation.py [--repeats 3] [--device cpu] [--shots 20 100] [--threads N] [--batch 8]
 """
 
 from __future__ import annotations
@@ -100,8 +100,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=0, help="also time training this many images together")
     parser.add_argument("--steps", type=int, default=RNSSettings().steps)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 avoids oversubscription on a busy machine")
     parser.add_argument("--shots", type=int, nargs="+", default=[20, 100], help="memory prototypes per class")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     settings = RNSSettings(steps=args.steps)
     measure(21, 1, 1, device, 0, settings.replace(steps=5))  # warm-up: first calls pay for lazy initialisation
