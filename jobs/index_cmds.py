@@ -14,8 +14,10 @@ def add_parsers(commands) -> None:
     index.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
     index.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
     index.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    index.add_argument("--sam-actors", type=_positive_int, default=1, help="SAM 2 actors (default 1)")
-    index.add_argument("--clip-actors", type=_positive_int, default=1, help="Alpha-CLIP actors (default 1)")
+    index.add_argument("--sam-actors", type=_positive_int, default=1,
+                       help="most SAM 2 actors; the pool grows to this as the cluster has room (default 1)")
+    index.add_argument("--clip-actors", type=_positive_int, default=1,
+                       help="most Alpha-CLIP actors, likewise (default 1)")
     index.add_argument("--gpus-per-actor", type=float, default=None,
                        help="GPUs each model actor reserves (default: 1 when --device cuda, else 0)")
     index.add_argument("--points-per-side", type=_positive_int, default=None, help="SAM 2 point grid side")
@@ -71,8 +73,8 @@ def run_index(args) -> int:
                                                       ("min_area", args.min_area)) if value is not None}
     settings = IndexSettings(
         models=args.models, weights=args.weights_dir, device=args.device, mask_settings=mask_settings,
-        sam=StageResources(actors=args.sam_actors, num_cpus=1.0, num_gpus=gpus),
-        clip=StageResources(actors=args.clip_actors, num_cpus=0.5, num_gpus=gpus),
+        sam=StageResources(max_actors=args.sam_actors, num_cpus=1.0, num_gpus=gpus),
+        clip=StageResources(max_actors=args.clip_actors, num_cpus=0.5, num_gpus=gpus),
         commit_every=args.commit_every, retry_failed=args.retry_failed, build_index=not args.no_build_index,
     )
     summary = index(args.sources, args.db, settings, address=args.address)
@@ -106,7 +108,7 @@ def run_build_index(args) -> int:
 def run_stats(args) -> int:
     from storage.index_store import IndexStore
 
-    print(json.dumps(IndexStore.open(args.db, models=None, embed_dim=None, create=False).stats(), indent=2,
+    print(json.dumps(IndexStore.open(args.db, models=None, embed_dim=None, read_only=True).stats(), indent=2,
                      default=str))
     return 0
 

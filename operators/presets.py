@@ -18,6 +18,7 @@ from operators.alpha_clip_checkpoint import load_alpha_clip_visual
 from operators.alpha_clip_encoder import AlphaCLIPEncoder
 from operators.alpha_clip_model import AlphaCLIP
 from operators.clip_models import TINY_CLIP_CONFIG, build_clip, clip_tokenizer
+from operators.dense_features import DenseCLIPFeatures
 from operators.sam2_masks import MaskSettings, SAM2MaskGenerator
 from operators.weights import (
     MissingWeightsError,
@@ -234,3 +235,11 @@ def embedding_dim(spec: CLIPSpec) -> int:
     import open_clip
 
     return int(open_clip.get_model_config(spec.arch)["embed_dim"])
+
+
+def dense_feature_extractor(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
+                            dtype: str | None = "bfloat16", **options):
+    """The preset's MaskCLIP dense feature extractor for RNS; keyword options go to DenseCLIPFeatures."""
+    spec = (get_preset(preset) if isinstance(preset, str) else preset).dense_clip
+    return DenseCLIPFeatures(build_clip_model(spec, weights), clip_tokenizer(spec.arch), device=device, dtype=dtype,
+                             **options)

@@ -28,10 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageResources:
-    """Where one model stage runs: actors in the pool, and what each actor reserves."""
+    """Where one model stage runs: how many actors, and what each actor reserves.
 
-    actors: int = 1
-    max_actors: int | None = None  # autoscale up to this many actors when set
+    The pool autoscales between 1 and max_actors: a fixed size that no longer fits (a node lost,
+    a busy cluster) would leave the job waiting forever for actors that cannot be placed.
+    """
+
+    max_actors: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     # Small batches: both models loop over images inside a batch anyway, and small batches stream
@@ -154,13 +157,13 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
 
 def _pool(resources: StageResources) -> dict:
-    if resources.max_actors:
-        compute = ray.data.ActorPoolStrategy(min_size=resources.actors, max_size=resources.max_actors)
-    else:
-        compute = ray.data.ActorPoolStrategy(size=resources.actors)
-    return {"compute": compute, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-            "batch_size": resources.batch_size, "batch_format": "numpy", "max_restarts": 2,
-            "max_task_retries": 2}
+    if resources.max_actors < 1:
+        raise ValueError(f"max_actors must be >= 1, got {resources.max_actors}")
+    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=resources.max_actors),
+            "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "batch_size": resources.batch_size,
+            "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
+            # Model actors spread over the nodes rather than packing the first one.
+            "scheduling_strategy": "SPREAD"}
 
 
 def _read_stage(expanded, known, settings: IndexSettings):

@@ -11,7 +11,7 @@ class TextSearcher:
     """Holds the text encoder of the preset that built the database, so repeated queries pay for it once."""
 
     def __init__(self, db: str, *, weights: str | None = None, device: str = "auto"):
-        self.store = IndexStore.open(db, models=None, embed_dim=None, create=False)
+        self.store = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
         preset = get_preset(self.store.models.split("(", 1)[0])
         if preset.fingerprint != self.store.models:
             raise ValueError(f"database {db} was built by {self.store.models!r}, which this maskdex "

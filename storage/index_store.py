@@ -82,6 +82,12 @@ class IndexStore:
             found.update(table["image_id"].to_pylist())
         return found
 
+    def all_image_ids(self) -> np.ndarray:
+        """Every stored image_id, sorted, as fixed-width bytes: what an index run hands its readers
+        to skip finished images without each of them querying the database."""
+        ids = self._images.to_arrow().column("image_id").to_numpy(zero_copy_only=False)
+        return np.sort(ids.astype(bytes))
+
     def commit(self, images: list[dict], regions: list[dict]) -> int:
         """Write a batch: regions first, then the images rows. Images already stored are skipped
         with their regions, and repeats inside the batch collapse (first wins), so a re-run never
