@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -107,7 +108,9 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     if settings.retry_failed:
         store.forget_failed()
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+        # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
+        # instance, never whatever cluster happens to run on this machine.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
 
     known = ray.put(store.all_image_ids())
     dataset = _read_stage(expanded, known, settings)
