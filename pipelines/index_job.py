@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class StageResources:
     """Where one model stage runs: how many actors, and what each actor reserves.
 
-    The pool autoscales between 1 and max_actors: a fixed size that no longer fits (a node lost,
-    a busy cluster) would leave the job waiting forever for actors that cannot be placed.
+    The pool starts with as many actors as the cluster can place (at most max_actors, see
+    plan_actors) and may shrink to 1 when a node is lost: asking for actors that cannot be placed
+    leaves a Ray Data job waiting forever, with no error.
     """
 
     max_actors: int = 1
@@ -74,6 +75,7 @@ class IndexSummary:
     regions: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its SAM 2 actors handled
     index: dict | None = None
 
     @property
@@ -91,6 +93,8 @@ class IndexSummary:
             f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped}, duplicates {self.duplicates}",
             f"  regions written {self.regions}",
         ]
+        if len(self.nodes) > 1:
+            lines.append("  images per node: " + ", ".join(f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
         lines += [f"  failed: {uri}: {error}" for uri, error in self.failures[:20]]
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more failures (status 'failed' in the images table)")
@@ -113,20 +117,21 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
 
     known = ray.put(store.all_image_ids())
+    sam_actors, clip_actors = plan_actors(ray.cluster_resources(), settings)
     dataset = _read_stage(expanded, known, settings)
     dataset = dataset.map_batches(
         MaskStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "settings": settings.mask_settings,
                                "threads": max(1, int(settings.sam.num_cpus))},
-        **_pool(settings.sam),
+        **_pool(settings.sam, sam_actors),
     )
     dataset = dataset.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
                                "threads": max(1, int(settings.clip.num_cpus))},
-        **_pool(settings.clip),
+        **_pool(settings.clip, clip_actors),
     )
 
     summary = IndexSummary()
@@ -145,6 +150,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
             image_row, region_rows = _table_rows(row, preset.fingerprint)
             images.append(image_row)
             regions.extend(region_rows)
+            summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
             if row["status"] == OK:
                 summary.ok += 1
                 summary.regions += len(region_rows)
@@ -159,10 +165,36 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     return summary
 
 
-def _pool(resources: StageResources) -> dict:
-    if resources.max_actors < 1:
-        raise ValueError(f"max_actors must be >= 1, got {resources.max_actors}")
-    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=resources.max_actors),
+def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
+    """How many SAM 2 and Alpha-CLIP actors to start so that all of them, and one read task, fit.
+
+    One Alpha-CLIP actor and one read task are set aside first, the rest goes to SAM 2 (the slow
+    stage), then what remains to more Alpha-CLIP actors. Each stage gets at least one actor.
+    """
+    for stage in (settings.sam, settings.clip):
+        if stage.max_actors < 1:
+            raise ValueError(f"max_actors must be >= 1, got {stage.max_actors}")
+    cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
+    sam, clip = settings.sam, settings.clip
+    free = {"CPU": cpus - settings.read_num_cpus - clip.num_cpus, "GPU": gpus - clip.num_gpus}
+
+    def fits(stage: StageResources, budget: dict) -> int:
+        counts = [int(budget[key] // need + 1e-9) for key, need in (("CPU", stage.num_cpus), ("GPU", stage.num_gpus))
+                  if need > 0]
+        return min(counts) if counts else stage.max_actors
+
+    sam_actors = max(1, min(sam.max_actors, fits(sam, free)))
+    free = {"CPU": free["CPU"] - sam_actors * sam.num_cpus, "GPU": free["GPU"] - sam_actors * sam.num_gpus}
+    clip_actors = max(1, min(clip.max_actors, 1 + fits(clip, free)))
+    return sam_actors, clip_actors
+
+
+def _pool(resources: StageResources, actors: int) -> dict:
+    # Two batches in flight per actor: one running, one prefetched. More lets the first actor that
+    # is ready take every batch of a small job while the others idle.
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
+                                      max_tasks_in_flight_per_actor=2)
+    return {"compute": pool,
             "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "batch_size": resources.batch_size,
             "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
             # Model actors spread over the nodes rather than packing the first one.

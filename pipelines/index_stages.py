@@ -122,6 +122,7 @@ class MaskStage:
         from operators.presets import mask_generator
 
         torch.set_num_threads(max(1, threads))
+        self.node = ray.get_runtime_context().get_node_id()
         self.generator = mask_generator(preset, weights=weights, device=device, dtype=dtype, **settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -141,6 +142,7 @@ class MaskStage:
                  "predicted_iou": r.predicted_iou, "stability_score": r.stability_score} for r in regions
             ]))
         batch["regions"] = np.asarray(regions_json, dtype=object)
+        batch["node"] = np.asarray([self.node] * len(regions_json), dtype=object)
         return batch
 
 

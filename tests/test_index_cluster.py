@@ -88,55 +88,70 @@ def test_killed_job_resumes_exactly_once(tmp_path):
     _assert_exactly_once(db, total)
 
 
-SCENARIO = r'''
+SCENARIO = r"""
 import json, subprocess, sys, time
+import lancedb
 import ray
-import ray.util.state
 from ray.cluster_utils import Cluster
-corpus, db, maskdex = sys.argv[1:4]
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
-                                                        "dashboard_host": "127.0.0.1"})
+spread_corpus, loss_corpus, db, maskdex = sys.argv[1:5]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
 worker = cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
-args = [maskdex, "index", corpus, "--db", db, "--address", cluster.address, "--sam-actors", "2",
-        "--commit-every", "2", "--json"]
-job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-import lancedb
-while True:
-    try:
-        if lancedb.connect(db).open_table("images").count_rows() >= 2:
-            break
-    except Exception:
-        pass
-    if job.poll() is not None:
-        break
+
+def index(corpus):
+    return [maskdex, "index", corpus, "--db", db, "--address", cluster.address, "--sam-actors", "2",
+            "--commit-every", "2", "--json"]
+
+def summary(out):
+    return json.loads(out[out.find("{"):])
+
+# 1. Both nodes up for a whole run: the SAM 2 actors spread over them.
+spread = subprocess.run(index(spread_corpus), capture_output=True, text=True, timeout=400)
+report = {"spread_rc": spread.returncode, "spread_nodes": summary(spread.stdout)["nodes"] if spread.returncode == 0 else spread.stderr[-2000:]}
+
+# 2. The worker node is stopped part way through a run.
+before = lancedb.connect(db).open_table("images").count_rows()
+job = subprocess.Popen(index(loss_corpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+while lancedb.connect(db).open_table("images").count_rows() < before + 2 and job.poll() is None:
     time.sleep(0.3)
-nodes_seen = {a["node_id"] for a in ray.util.state.list_actors(filters=[("class_name", "=", "_MapWorker")])}
 cluster.remove_node(worker)
 try:
-    first_rc = job.wait(timeout=240)
+    out, err = job.communicate(timeout=300)
+    report["loss_rc"] = job.returncode
 except subprocess.TimeoutExpired:
-    job.kill(); first_rc = "timeout"
-rerun = subprocess.run(args, capture_output=True, text=True, timeout=400)
-print(json.dumps({"nodes": len(nodes_seen), "first_rc": first_rc, "rerun_rc": rerun.returncode,
-                  "rerun": rerun.stdout[rerun.stdout.find("{"):] if rerun.returncode == 0 else rerun.stderr[-2000:]}))
+    job.kill()
+    report["loss_rc"] = "timeout"
+rerun = subprocess.run(index(loss_corpus), capture_output=True, text=True, timeout=400)
+report["rerun_rc"] = rerun.returncode
+report["rerun"] = summary(rerun.stdout) if rerun.returncode == 0 else rerun.stderr[-2000:]
+print(json.dumps(report))
 ray.shutdown()
 cluster.shutdown()
-'''
+"""
 
 
 def test_two_nodes_share_the_work_and_survive_losing_one(tmp_path):
-    corpus = build_corpus(tmp_path / "corpus", photos=("astronaut", "coffee", "chelsea", "rocket", "camera",
+    spread = build_corpus(tmp_path / "spread", photos=("astronaut", "coffee", "chelsea", "rocket", "camera",
                                                        "cat", "coins", "page"), with_bad=False)
+    for index in range(12):  # enough blocks that the second node's actor, ready later, still gets work
+        Image.open(spread.ok[index % len(spread.ok)]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(
+            90 * (index // 8), expand=True).save(spread.root / f"flipped_{index}.png")
+    loss = build_corpus(tmp_path / "loss", photos=("astronaut", "coffee", "chelsea", "rocket", "camera"),
+                        with_bad=False)
+    for index in range(7):  # distinct from the first corpus, so every image of this run is new
+        Image.open(loss.ok[index % len(loss.ok)]).rotate(90 + 90 * (index // 5), expand=True).save(
+            loss.root / f"rotated_{index}.png")
     db = tmp_path / "db"
-    done = subprocess.run([sys.executable, "-c", SCENARIO, str(corpus.root), str(db), MASKDEX], env=ENV,
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    done = subprocess.run([sys.executable, "-c", SCENARIO, str(spread.root), str(loss.root), str(db), MASKDEX],
+                          env=ENV, capture_output=True, text=True, timeout=1200, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["nodes"] == 2, f"model actors ran on {report['nodes']} node(s): {report}"
-    assert report["rerun_rc"] == 0, report
-    _assert_exactly_once(db, len(corpus.ok))
+    assert report["spread_rc"] == 0, report
+    assert len(report["spread_nodes"]) == 2, f"SAM 2 ran on {len(report['spread_nodes'])} node(s): {report}"
+    assert report["rerun_rc"] == 0, f"after losing a node, a rerun must finish the job: {report}"
+    # The loss corpus's base photos are byte-identical to the spread corpus's: only its 7 rotations are new.
+    _assert_exactly_once(db, len(spread.ok) + 12 + 7)
 
 
 def test_ray_job_submit_to_a_head_node(tmp_path):
