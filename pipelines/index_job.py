@@ -147,7 +147,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
                 summary.duplicates += 1
                 continue
             seen.add(row["image_id"])
-            image_row, region_rows = _table_rows(row, preset.fingerprint)
+            image_row, region_rows = table_rows(row, preset.fingerprint)
             images.append(image_row)
             regions.extend(region_rows)
             summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
@@ -233,7 +233,7 @@ def _rows(batch: dict[str, np.ndarray]):
         yield {key: values[index] for key, values in batch.items()}
 
 
-def _table_rows(row: dict, models: str) -> tuple[dict, list[dict]]:
+def table_rows(row: dict, models: str) -> tuple[dict, list[dict]]:
     ok = row["status"] == OK
     regions = json.loads(row["regions"]) if ok else []
     embeddings = row["region_embeddings"]

@@ -1,0 +1,86 @@
+"""Index throughput: the Ray Data job against the same stages called in a plain loop in one process.
+
+    python -m benchmarks.index_throughput [--images 24] [--repeats 3] [--models tiny]
+
+Both sides do the same work on the same images: read, hash, decode, SAM 2, Alpha-CLIP, commit
+to a fresh LanceDB directory; both include building the models. Ray itself is started once,
+before the timed runs. Prints medians and the ratio pipeline / loop (images per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+from PIL import Image
+
+from jobs.samples import write_samples
+from operators.presets import embedding_dim, get_preset
+from pipelines.index_job import IndexSettings, run_index, table_rows
+from pipelines.index_stages import EmbedStage, MaskStage, read_files
+from pipelines.sources import expand_sources
+from storage.index_store import IndexStore
+
+
+def _corpus(directory: Path, count: int) -> list[str]:
+    photos = write_samples(directory / "base")
+    for index in range(count):
+        source = photos[index % len(photos)]
+        Image.open(source).rotate(90 * (index // len(photos)), expand=True).save(directory / f"{index:04d}.png")
+    return expand_sources([str(p) for p in sorted(directory.glob("*.png"))]).files
+
+
+def _loop(files: list[str], db: str, settings: IndexSettings) -> float:
+    started = time.perf_counter()
+    preset = get_preset(settings.models)
+    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    masks = MaskStage(settings.models, None, settings.device, settings.dtype, {}, threads=os.cpu_count() or 1)
+    embed = EmbedStage(settings.models, None, settings.device, settings.dtype, settings.context, 64,
+                       threads=os.cpu_count() or 1)
+    none = np.array([], dtype=bytes)
+    for start in range(0, len(files), settings.read_batch_size):
+        uris = np.asarray(files[start : start + settings.read_batch_size], dtype=object)
+        batch = embed(masks(read_files({"uri": uris}, known=none, max_pixels=settings.max_pixels,
+                                       max_side=settings.max_side)))
+        rows = [table_rows({k: v[i] for k, v in batch.items()}, preset.fingerprint) for i in range(len(uris))]
+        store.commit([image for image, _ in rows], [region for _, regions in rows for region in regions])
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="tiny")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    settings = IndexSettings(models=args.models, device=args.device, build_index=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = _corpus(Path(scratch) / "corpus", args.images)
+        loop_s, pipeline_s = [], []
+        for repeat in range(args.repeats):
+            loop_s.append(_loop(files, f"{scratch}/loop{repeat}", settings))
+            started = time.perf_counter()
+            summary = run_index(files, f"{scratch}/pipeline{repeat}", settings)
+            pipeline_s.append(time.perf_counter() - started)
+            assert summary.ok == len(files), summary.render()
+    loop, pipeline = statistics.median(loop_s), statistics.median(pipeline_s)
+    print(f"preset {args.models}, {len(files)} images, {os.cpu_count()} CPUs, median of {args.repeats}")
+    print(f"| {'run':22s} | {'seconds':>8s} | {'images / s':>10s} |")
+    print(f"|{'-' * 24}|{'-' * 10}|{'-' * 12}|")
+    print(f"| {'plain loop (baseline)':22s} | {loop:8.1f} | {len(files) / loop:10.2f} |")
+    print(f"| {'Ray Data pipeline':22s} | {pipeline:8.1f} | {len(files) / pipeline:10.2f} |")
+    print(f"ratio pipeline / loop (images per second): {loop / pipeline:.2f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
