@@ -161,39 +161,32 @@ class EmbedStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _writable_status(batch)
-        dim = self.encoder.embed_dim
-        out_regions, region_embeddings, image_embeddings = [], [], []
+        nothing = ("[]", np.zeros((0, self.encoder.embed_dim), np.float32), np.zeros((0,), np.float32))
+        outputs = []
         for index, status in enumerate(batch["status"]):
-            regions = json.loads(batch["regions"][index])
             if status != PENDING:
-                out_regions.append("[]")
-                region_embeddings.append(np.zeros((0, dim), np.float32))
-                image_embeddings.append(np.zeros((0,), np.float32))
+                outputs.append(nothing)
                 continue
             image = batch["image"][index]
+            regions = json.loads(batch["regions"][index])
 
             def embed():
-                masks = [r["rle"] for r in regions]
-                boxes = [r["bbox"] for r in regions]
-                return (self.encoder.embed_regions(image, masks, boxes).numpy(),
-                        self.encoder.embed_image(image).numpy())
+                return (self.encoder.embed_regions(image, [r["rle"] for r in regions], [r["bbox"] for r in regions]),
+                        self.encoder.embed_image(image))
 
             result, error = _run_with_retry(embed, "Alpha-CLIP")
             if error is not None:
                 batch["status"][index], batch["error"][index] = FAILED, error
-                out_regions.append("[]")
-                region_embeddings.append(np.zeros((0, dim), np.float32))
-                image_embeddings.append(np.zeros((0,), np.float32))
+                outputs.append(nothing)
                 continue
             full_size = (int(batch["height"][index]), int(batch["width"][index]))
-            out_regions.append(json.dumps([to_original_size(r, full_size) for r in regions]))
-            region_embeddings.append(result[0].astype(np.float32))
-            image_embeddings.append(result[1].astype(np.float32))
+            outputs.append((json.dumps([to_original_size(r, full_size) for r in regions]),
+                            result[0].numpy().astype(np.float32), result[1].numpy().astype(np.float32)))
             batch["status"][index] = OK
         del batch["image"]  # pixels never travel further than they must
-        batch["regions"] = np.asarray(out_regions, dtype=object)
-        batch["region_embeddings"] = _object_column(region_embeddings)
-        batch["image_embedding"] = _object_column(image_embeddings)
+        batch["regions"] = np.asarray([out[0] for out in outputs], dtype=object)
+        batch["region_embeddings"] = _object_column([out[1] for out in outputs])
+        batch["image_embedding"] = _object_column([out[2] for out in outputs])
         return batch
 
 
