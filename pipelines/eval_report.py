@@ -124,12 +124,11 @@ def plot_miou(records: Sequence[dict], methods: Sequence[str], path: str | Path)
 def write_retrieval_report(evaluation, out_dir: str | Path) -> dict[str, Path]:
     """results.json and report.md for a RetrievalEvaluation."""
     out = _out_dir(out_dir)
-    results = {"task": "retrieval", **_plain(evaluation.summary()),
-               "per_query": [_plain(asdict(q)) for q in evaluation.queries],
+    summary = evaluation.summary()
+    results = {"task": "retrieval", **_plain(summary), "per_query": [_plain(asdict(q)) for q in evaluation.queries],
                "notes": [evaluation.definitions]}
     paths = {"results": out / "results.json", "report": out / "report.md"}
     paths["results"].write_text(json.dumps(results, indent=2) + "\n")
-    summary = evaluation.summary()
     lines = [
         "# Retrieval evaluation", "",
         f"Index `{summary['db']}` (models `{summary['models']}`), annotations `{summary['annotations']}`: "
