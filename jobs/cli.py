@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import demo, index_cmds, samples
+from jobs import demo, eval_cmds, index_cmds, samples
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     index_cmds.add_parsers(commands)
     samples.add_parser(commands)
     demo.add_parser(commands)
+    eval_cmds.add_parsers(commands)
     presets = commands.add_parser("presets", help="list the model presets and the weight files they need")
     presets.set_defaults(run=_list_presets)
     return parser

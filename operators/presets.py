@@ -237,6 +237,15 @@ def embedding_dim(spec: CLIPSpec) -> int:
     return int(open_clip.get_model_config(spec.arch)["embed_dim"])
 
 
+def patch_size(spec: CLIPSpec) -> int:
+    """The visual patch size of a CLIP spec, known without building the model."""
+    if isinstance(spec.arch, dict):
+        return int(spec.arch["vision_cfg"]["patch_size"])
+    import open_clip
+
+    return int(open_clip.get_model_config(spec.arch)["vision_cfg"]["patch_size"])
+
+
 def dense_feature_extractor(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
                             dtype: str | None = "bfloat16", **options):
     """The preset's MaskCLIP dense feature extractor for RNS; keyword options go to DenseCLIPFeatures."""

@@ -32,3 +32,33 @@ def area(rle: dict) -> int:
 def bbox(rle: dict) -> list[int]:
     """(x, y, w, h) in pixels, w and h counting columns and rows covered (0 for an empty mask)."""
     return [int(round(v)) for v in coco_mask.toBbox(_coco(rle))]
+
+
+def iou(rle: dict, others: list[dict]) -> np.ndarray:
+    """(len(others),) IoU of one mask with each of others; all must have the same size."""
+    for other in others:
+        if list(other["size"]) != list(rle["size"]):
+            raise ValueError(f"mask sizes differ: {list(rle['size'])} and {list(other['size'])}")
+    if not others:
+        return np.zeros(0)
+    return np.asarray(coco_mask.iou([_coco(rle)], [_coco(o) for o in others], [0] * len(others)),
+                      dtype=np.float64).reshape(len(others))
+
+
+def from_segmentation(segmentation, height: int, width: int) -> dict:
+    """A COCO annotation's segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise ValueError("empty polygon list")
+        return _as_str_rle(coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width)))
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if list(segmentation["size"]) != [height, width]:
+            raise ValueError(f"RLE of size {list(segmentation['size'])} on an image of size {[height, width]}")
+        return _as_str_rle(_coco(segmentation))
+    raise ValueError(f"not a COCO segmentation (polygons or RLE): {str(segmentation)[:80]}")
+
+
+def _as_str_rle(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}

@@ -170,6 +170,11 @@ class IndexStore:
         rows_ = self._where(self._images, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
         return _with_array_embedding(rows_[0]) if rows_ else None
 
+    def image_uris(self) -> dict[str, str]:
+        """image_id -> uri of every image indexed with status 'ok'."""
+        table = self._where(self._images, "status = 'ok'", ["image_id", "uri"])
+        return dict(zip(table["image_id"].to_pylist(), table["uri"].to_pylist()))
+
     def regions_of(self, image_id: str) -> list[dict]:
         """The image's regions in region number order."""
         rows_ = self._where(self._regions, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
