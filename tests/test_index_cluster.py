@@ -158,18 +158,31 @@ def test_ray_job_submit_to_a_head_node(tmp_path):
     corpus = build_corpus(tmp_path / "corpus", photos=("coffee", "chelsea"), with_bad=False)
     db = tmp_path / "db"
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = "26379"
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--num-cpus", "4",
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", "28265",
-                    "--include-dashboard", "true", "--disable-usage-stats"], env=ENV, check=True,
-                   capture_output=True, timeout=180)
+    log = open(tmp_path / "head.log", "w")
+    # --block keeps the head's processes in this process group, so the test stops exactly them
+    # (`ray stop` would stop every Ray instance on the machine, other tests' included).
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "26379",
+         "--num-cpus", "4", "--dashboard-host", "127.0.0.1", "--dashboard-port", "28265",
+         "--include-dashboard", "true", "--disable-usage-stats"],
+        env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        done = subprocess.run(
-            [ray_bin, "job", "submit", "--address", "http://127.0.0.1:28265", "--working-dir", str(REPO),
-             "--", "maskdex", "index", str(corpus.root), "--db", str(db)],
-            env=ENV, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        done = None
+        for _ in range(60):  # the job server answers once the dashboard is up
+            done = subprocess.run(
+                [ray_bin, "job", "submit", "--address", "http://127.0.0.1:28265", "--working-dir", str(REPO),
+                 "--", "maskdex", "index", str(corpus.root), "--db", str(db)],
+                env=ENV, capture_output=True, text=True, timeout=600)
+            if "Connection refused" not in done.stderr + done.stdout:
+                break
+            time.sleep(2)
+        head_log = (tmp_path / "head.log").read_text()[-2000:]
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + head_log
         assert "succeeded" in done.stdout.lower(), done.stdout[-2000:]
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
     _assert_exactly_once(db, len(corpus.ok))
