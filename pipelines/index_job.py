@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,26 +20,11 @@ import ray
 from operators.presets import embedding_dim, get_preset
 from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.index_stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from pipelines.ray_pools import StageResources, actor_pool, init_ray
 from pipelines.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
 from storage.index_store import IndexStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """Where one model stage runs: how many actors, and what each actor reserves.
-
-    The pool autoscales between 1 and max_actors: a fixed size that no longer fits (a node lost,
-    a busy cluster) would leave the job waiting forever for actors that cannot be placed.
-    """
-
-    max_actors: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    # Small batches: both models loop over images inside a batch anyway, and small batches stream
-    # results to the writer sooner (less work lost to a kill, steadier progress).
-    batch_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -107,10 +91,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     expanded = expand_sources(sources)
     if settings.retry_failed:
         store.forget_failed()
-    if not ray.is_initialized():
-        # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
-        # instance, never whatever cluster happens to run on this machine.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+    init_ray(address)
 
     known = ray.put(store.all_image_ids())
     dataset = _read_stage(expanded, known, settings)
@@ -119,14 +100,14 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "settings": settings.mask_settings,
                                "threads": max(1, int(settings.sam.num_cpus))},
-        **_pool(settings.sam),
+        **actor_pool(settings.sam),
     )
     dataset = dataset.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
                                "threads": max(1, int(settings.clip.num_cpus))},
-        **_pool(settings.clip),
+        **actor_pool(settings.clip),
     )
 
     summary = IndexSummary()
@@ -157,16 +138,6 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         summary.index = store.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _pool(resources: StageResources) -> dict:
-    if resources.max_actors < 1:
-        raise ValueError(f"max_actors must be >= 1, got {resources.max_actors}")
-    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=resources.max_actors),
-            "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "batch_size": resources.batch_size,
-            "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
-            # Model actors spread over the nodes rather than packing the first one.
-            "scheduling_strategy": "SPREAD"}
 
 
 def _read_stage(expanded, known, settings: IndexSettings):
