@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from operators.presets import get_preset, patch_size
 from pipelines.datasets import DatasetError, Sample, SegmentationDataset
 from pipelines.eval_methods import METHODS
 from pipelines.eval_worker import SegmentationWorker, WorkerSpec, memory_from_prototypes
+from pipelines.ray_pools import StageResources, actor_pool, init_ray
 from pipelines.support_sampling import ClassPresence, SupportSet, sample_supports
 
 log = logging.getLogger(__name__)
@@ -236,23 +236,14 @@ class _RayRunner:
     def __init__(self, spec: WorkerSpec, settings: SegmentationEvalSettings, address: str | None):
         self.spec = spec
         self.settings = settings
-        if not ray.is_initialized():
-            # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
-            # instance, never whatever cluster happens to run on this machine.
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+        init_ray(address)
 
     def _pool(self, batch_size: int) -> dict:
-        # Every actor starts at once (the work is known up front), and each holds one batch at a time:
-        # a batch is seconds to minutes of model work and its input a few bytes, so queueing several
-        # on one actor would only leave the others idle.
-        actors = self.settings.actors
-        strategy = ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
-                                              max_tasks_in_flight_per_actor=1)
-        return {"compute": strategy,
-                "num_cpus": self.settings.num_cpus, "num_gpus": self.settings.num_gpus, "batch_size": batch_size,
-                "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
-                # Actors spread over the nodes rather than packing the first one.
-                "scheduling_strategy": "SPREAD"}
+        # One batch in flight per actor: a batch is seconds to minutes of model work and its input a
+        # few bytes, so queueing several on one actor would only leave the others idle.
+        resources = StageResources(max_actors=self.settings.actors, num_cpus=self.settings.num_cpus,
+                                   num_gpus=self.settings.num_gpus, batch_size=batch_size)
+        return actor_pool(resources, in_flight=1)
 
     def prototypes(self, samples: Sequence[Sample]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         batch = 4

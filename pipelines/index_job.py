@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,27 +20,11 @@ import ray
 from operators.presets import embedding_dim, get_preset
 from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.index_stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from pipelines.ray_pools import StageResources, actor_pool, init_ray
 from pipelines.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
 from storage.index_store import IndexStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """Where one model stage runs: how many actors, and what each actor reserves.
-
-    The pool starts with as many actors as the cluster can place (at most max_actors, see
-    plan_actors) and may shrink to 1 when a node is lost: asking for actors that cannot be placed
-    leaves a Ray Data job waiting forever, with no error.
-    """
-
-    max_actors: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    # Small batches: both models loop over images inside a batch anyway, and small batches stream
-    # results to the writer sooner (less work lost to a kill, steadier progress).
-    batch_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -111,10 +94,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     expanded = expand_sources(sources)
     if settings.retry_failed:
         store.forget_failed()
-    if not ray.is_initialized():
-        # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
-        # instance, never whatever cluster happens to run on this machine.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+    init_ray(address)
 
     known = ray.put(store.all_image_ids())
     sam_actors, clip_actors = plan_actors(ray.cluster_resources(), settings)
@@ -124,14 +104,14 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "settings": settings.mask_settings,
                                "threads": max(1, int(settings.sam.num_cpus))},
-        **_pool(settings.sam, sam_actors),
+        **actor_pool(settings.sam, sam_actors),
     )
     dataset = dataset.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
                                "threads": max(1, int(settings.clip.num_cpus))},
-        **_pool(settings.clip, clip_actors),
+        **actor_pool(settings.clip, clip_actors),
     )
 
     summary = IndexSummary()
@@ -187,18 +167,6 @@ def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
     free = {"CPU": free["CPU"] - sam_actors * sam.num_cpus, "GPU": free["GPU"] - sam_actors * sam.num_gpus}
     clip_actors = max(1, min(clip.max_actors, 1 + fits(clip, free)))
     return sam_actors, clip_actors
-
-
-def _pool(resources: StageResources, actors: int) -> dict:
-    # Two batches in flight per actor: one running, one prefetched. More lets the first actor that
-    # is ready take every batch of a small job while the others idle.
-    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
-                                      max_tasks_in_flight_per_actor=2)
-    return {"compute": pool,
-            "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "batch_size": resources.batch_size,
-            "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
-            # Model actors spread over the nodes rather than packing the first one.
-            "scheduling_strategy": "SPREAD"}
 
 
 def _read_stage(expanded, known, settings: IndexSettings):

@@ -1,0 +1,47 @@
+"""What every Ray Data job here shares: joining Ray, and the actor pools that run the models."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Where one model stage runs: how many actors at most, and what each actor reserves."""
+
+    max_actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Small batches: both models loop over images inside a batch anyway, and small batches stream
+    # results to the writer sooner (less work lost to a kill, steadier progress).
+    batch_size: int = 2
+
+
+def init_ray(address: str | None) -> None:
+    if not ray.is_initialized():
+        # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
+        # instance, never whatever cluster happens to run on this machine.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+
+
+def actor_pool(resources: StageResources, actors: int | None = None, *, in_flight: int = 2) -> dict:
+    """map_batches arguments for a model stage: `actors` actors to start with (default max_actors).
+
+    The pool may shrink to one actor when a node is lost; a job should start no more actors than the
+    cluster can place, since actors that cannot be placed leave a Ray Data job waiting forever.
+    `in_flight` batches are queued per actor: two keep one prefetched; one suits batches that are
+    minutes of work, where queueing leaves the other actors idle.
+    """
+    actors = resources.max_actors if actors is None else actors
+    if actors < 1:
+        raise ValueError(f"an actor pool needs at least 1 actor, got {actors}")
+    # More in flight lets the first actor that is ready take every batch of a small job.
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
+                                      max_tasks_in_flight_per_actor=in_flight)
+    return {"compute": pool, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+            "batch_size": resources.batch_size, "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
+            # Model actors spread over the nodes rather than packing the first one.
+            "scheduling_strategy": "SPREAD"}
