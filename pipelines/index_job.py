@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,27 +20,11 @@ import ray
 from operators.presets import embedding_dim, get_preset
 from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.index_stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from pipelines.ray_pools import StageResources, init_ray
 from pipelines.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
 from storage.index_store import IndexStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """Where one model stage runs: how many actors, and what each actor reserves.
-
-    The pool starts with as many actors as the cluster can place (at most max_actors, see
-    plan_actors) and may shrink to 1 when a node is lost: asking for actors that cannot be placed
-    leaves a Ray Data job waiting forever, with no error.
-    """
-
-    max_actors: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    # Small batches: both models loop over images inside a batch anyway, and small batches stream
-    # results to the writer sooner (less work lost to a kill, steadier progress).
-    batch_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -111,10 +94,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     expanded = expand_sources(sources)
     if settings.retry_failed:
         store.forget_failed()
-    if not ray.is_initialized():
-        # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
-        # instance, never whatever cluster happens to run on this machine.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+    init_ray(address)
 
     known = ray.put(store.all_image_ids())
     sam_actors, clip_actors = plan_actors(ray.cluster_resources(), settings)

@@ -1,9 +1,10 @@
-"""Arrow schemas of the index tables (design.md section 2) and the build record kept in them.
+"""Arrow schemas of the maskdex tables (design.md section 2) and the build record kept in them.
 
-The preset fingerprint and the embedding dimension live in the Arrow schema metadata of both
-tables. Lance writes that metadata in the same commit that creates the table and keeps it
-through appends, deletes and compaction, so a table can never exist without its record, and
-either table read alone (by Ray Data, say) still says which models produced its vectors.
+The model that made the vectors (the preset fingerprint for the index tables, the dense CLIP's
+name for `supports`) and the vector dimension live in the Arrow schema metadata of every table.
+Lance writes that metadata in the same commit that creates the table and keeps it through appends,
+deletes and compaction, so a table can never exist without its record, and any table read alone
+(by Ray Data, say) still says which model produced its vectors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pyarrow as pa
 
 IMAGES = "images"
 REGIONS = "regions"
+SUPPORTS = "supports"
 
 MODELS_KEY = b"maskdex.models"
 EMBED_DIM_KEY = b"maskdex.embed_dim"
@@ -59,6 +61,23 @@ def regions_schema(dim: int, models: str) -> pa.Schema:
             pa.field("embedding", embedding_type(dim), nullable=False),
         ],
         metadata=_build_record(dim, models),
+    )
+
+
+def supports_schema(dim: int, dense_model: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("support_id", pa.string(), nullable=False),
+            pa.field("set_name", pa.string(), nullable=False),
+            pa.field("class_name", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("prototype", embedding_type(dim), nullable=False),
+            pa.field("n_pixels", pa.int64(), nullable=False),
+            # Examples handed over as pixels (not files) have no source.
+            pa.field("uri", pa.string()),
+            pa.field("added_at", TIMESTAMP_TYPE, nullable=False),
+        ],
+        metadata=_build_record(dim, dense_model),
     )
 
 

@@ -15,46 +15,11 @@ from operators.rns import RNSSettings, rns_segment
 from operators.rns_baselines import freeda_segment, knn_vote_segment, zero_shot_segment
 from operators.rns_memory import build_support_memory
 from operators.rns_units import patch_units, region_units
-
-NAMES = ("sky", "grass", "brick", "sand")
+from tests.synthetic import NAMES, scene
 N_TEST = 8
 SETTINGS = RNSSettings(steps=300)  # 700 (the default) gives the same picture, more slowly
 
 pytestmark = pytest.mark.slow
-
-
-def _texture(cls: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    rows, cols = np.mgrid[0:height, 0:width]
-    if cls == 0:  # blue, smooth vertical gradient
-        base, pattern = (70, 120, 220), (rows / height)[..., None] * 40
-    elif cls == 1:  # green, thin vertical stripes
-        base, pattern = (40, 160, 50), ((cols // 2) % 2)[..., None] * 60
-    elif cls == 2:  # red, coarse checkerboard
-        base, pattern = (180, 60, 40), (((rows // 4) + (cols // 4)) % 2)[..., None] * 70
-    else:  # yellow, random speckles
-        base, pattern = (220, 200, 110), (rng.random((height, width)) > 0.7)[..., None] * 50
-    tint = rng.normal(0, 10, 3)  # every instance has its own shade
-    return np.asarray(base) + pattern + tint + rng.normal(0, 8, (height, width, 3))
-
-
-def _scene(rng: np.random.Generator, must: int | None = None, size=(64, 64)):
-    """A background class with one or two rectangles of other classes; `must` is sure to appear."""
-    height, width = size
-    background = must if must is not None and rng.random() < 0.5 else int(rng.integers(len(NAMES)))
-    image = _texture(background, height, width, rng)
-    labels = np.full(size, background)
-    others = [c for c in range(len(NAMES)) if c != background]
-    objects = list(rng.choice(others, size=int(rng.integers(1, 3)), replace=False))
-    if must is not None and must != background and must not in objects:
-        objects[0] = must
-    boxes = []
-    for cls in objects:
-        h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
-        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-        image[y : y + h, x : x + w] = _texture(cls, h, w, rng)
-        labels[y : y + h, x : x + w] = cls
-        boxes.append((y, x, h, w))
-    return np.clip(image, 0, 255).astype(np.uint8), torch.from_numpy(labels), boxes
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +38,13 @@ def _data(extractor, seed: int, max_shots: int = 10):
     rng = np.random.default_rng(seed)
     tests = []
     for _ in range(N_TEST):
-        image, labels, boxes = _scene(rng)
-        tests.append((extractor.test_features(image), labels, boxes))
+        image, labels, boxes = scene(rng)
+        tests.append((extractor.test_features(image), torch.from_numpy(labels), boxes))
     supports = {}
     for cls in range(len(NAMES)):
-        scenes = [_scene(rng, must=cls) for _ in range(max_shots)]
-        supports[cls] = [(extractor.support_features(image).features, labels) for image, labels, _ in scenes]
+        scenes = [scene(rng, must=cls) for _ in range(max_shots)]
+        supports[cls] = [(extractor.support_features(image).features, torch.from_numpy(labels))
+                         for image, labels, _ in scenes]
     return tests, supports
 
 
