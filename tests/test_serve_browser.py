@@ -4,6 +4,7 @@ result's mask drawn over it; upload an image and see its segmentation with a leg
 from __future__ import annotations
 
 import os
+
 import pytest
 
 from tests.serve_support import png_bytes, scene_example, serve_db, service  # noqa: F401 (fixtures)
