@@ -4,6 +4,7 @@ Errors are JSON {"error": "..."}: 4xx naming the problem when the request is at 
 ValueError that a pipeline raises on the request's data), 500 otherwise.
 """
 
+import asyncio
 import hmac
 import logging
 import mimetypes
@@ -107,6 +108,12 @@ async def _model_call(response):
 
 
 # Defined before the deployment: Serve serialises its class when the decorator runs.
+def _read_indexed(row: dict) -> bytes:
+    from pipelines.sources import read_bytes
+
+    return read_bytes(row["uri"])
+
+
 def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
@@ -166,18 +173,16 @@ class Api:
 
     @app.get("/images/{image_id}")
     async def image(self, image_id: str) -> Response:
-        from pipelines.sources import read_bytes
-
-        row = self._indexed(image_id)
-        data = read_bytes(row["uri"])
+        row = await asyncio.to_thread(self._indexed, image_id)
+        data = await asyncio.to_thread(_read_indexed, row)
         media_type = mimetypes.guess_type(row["uri"])[0] or "application/octet-stream"
         return Response(data, media_type=media_type)
 
     @app.get("/images/{image_id}/regions")
     async def regions(self, image_id: str) -> dict:
-        row = self._indexed(image_id)
-        regions = [{key: value for key, value in region.items() if key != "embedding"}
-                   for region in self._index_store().regions_of(image_id)]
+        row = await asyncio.to_thread(self._indexed, image_id)
+        stored = await asyncio.to_thread(self._index_store().regions_of, image_id)
+        regions = [{key: value for key, value in region.items() if key != "embedding"} for region in stored]
         return {"image_id": image_id, "width": row["width"], "height": row["height"], "regions": regions}
 
     # Segmentation and support sets
@@ -198,9 +203,7 @@ class Api:
             params = parse_json(await self._body(request), SegmentRequest)
             if params.image_id is None:
                 raise BadInput("send an image: a multipart upload named 'image', or JSON with an image_id")
-            from pipelines.sources import read_bytes
-
-            image = read_bytes(self._indexed(params.image_id)["uri"])
+            image = await asyncio.to_thread(_read_indexed, await asyncio.to_thread(self._indexed, params.image_id))
         check_classes(params.classes, self.limits)
         check_image_bytes(image, self.limits)
         return await _model_call(self.segmenter.segment.remote(image, params.set_name, params.classes, params.mode,

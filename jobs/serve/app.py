@@ -56,9 +56,9 @@ def start(config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, a
 def serve_forever(config: ServiceConfig, *, host: str, port: int, address: str | None = None) -> None:
     from ray import serve
 
-    url = start(config, host=host, port=port, address=address)
-    print(f"maskdex is serving {config.maskdex.db} at {url} (Ctrl-C stops it)", flush=True)
-    try:
+    try:  # Ctrl-C may come while the replicas are still starting
+        url = start(config, host=host, port=port, address=address)
+        print(f"maskdex is serving {config.maskdex.db} at {url} (Ctrl-C stops it)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
