@@ -70,6 +70,7 @@ def test_many_images_are_segmented_on_an_actor_pool(db, tmp_path, ray_local):
         segment_many(images, db, str(out), SegmentRequest("nope"), SEGMENT_SETTINGS)
 
 
+@pytest.mark.slow  # the command's own RNS settings: the paper's 700 steps
 def test_the_segment_command(db, tmp_path, capsys):
     image = write_images(tmp_path / "images", 1)[0]
     assert main(["segment", image, "--db", db, "--set", "scenes", "--out", str(tmp_path / "out"), "--json"]) == 0
