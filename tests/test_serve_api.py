@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 from skimage import data
 
@@ -49,8 +52,6 @@ def test_search_matches_the_in_process_searcher_and_the_cli(service, searcher, c
     assert len(results) == 3
     _same_results(results, searcher.search("a cat", k=3))
     assert main(["search", "a cat", "--db", service.db, "-k", "3", "--json"]) == 0
-    import json
-
     _same_results(results, json.loads(capsys.readouterr().out))
     only = results[1]["image_id"]
     filtered = service.post("/search", json={"text": "a cat", "k": 3, "filters": {"image_ids": [only]}}).json()
@@ -144,3 +145,16 @@ def test_writes_need_the_token_and_refused_ones_write_nothing(service):
         response = service.add_support("locked", *example, token=token)
         assert response.status_code == 401 and "token" in response.json()["error"]
     assert service.get("/supports").json() == before
+
+
+def test_request_metrics_reach_the_prometheus_endpoint(service, ray_local):
+    port = ray_local._private.worker.global_worker.node.metrics_export_port
+    service.get("/healthz")
+    deadline = time.monotonic() + 60  # the metrics agent exports every few seconds
+    while True:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if "maskdex_requests" in text and "maskdex_request_latency_ms" in text:
+            break
+        assert time.monotonic() < deadline, "no maskdex metrics exported"
+        time.sleep(2)
+    assert 'route="/healthz"' in text

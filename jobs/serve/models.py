@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 
 import numpy as np
 from ray import serve
@@ -62,14 +63,17 @@ class SegmenterModel:
         self.segmenter = Segmenter(settings.db, SegmentSettings(
             models=settings.preset, weights=settings.weights, device=settings.device, dtype=settings.dtype,
             rns=RNSSettings(steps=settings.rns_steps), max_pixels=settings.limits.max_pixels), create=True)
+        # The Segmenter's caches are not thread-safe; listing the sets need not wait for a segmentation.
+        self._lock = threading.Lock()
 
     def segment(self, image: bytes, set_name: str, classes: list[str] | None, mode: str, shots_only: bool,
                 seed: int, image_id: str | None) -> dict:
         from operators import rle
         from pipelines.segment_outputs import colours, labels_image
 
-        result = self.segmenter.segment(image, set_name, classes, mode=mode, shots_only=shots_only, seed=seed,
-                                        image_id=image_id)
+        with self._lock:
+            result = self.segmenter.segment(image, set_name, classes, mode=mode, shots_only=shots_only, seed=seed,
+                                            image_id=image_id)
         png = io.BytesIO()
         labels_image(result.labels, len(result.class_names)).save(png, format="PNG")
         masks = {name: rle.encode(result.labels == index) for index, name in enumerate(result.class_names)}
@@ -80,7 +84,9 @@ class SegmenterModel:
     def add_example(self, set_name: str, image: bytes, label_png: bytes, class_names: list[str]) -> dict:
         from pipelines.support_labels import read_label_map
 
-        return self.segmenter.add_example(set_name, image, read_label_map(label_png), class_names)
+        labels = read_label_map(label_png)
+        with self._lock:
+            return self.segmenter.add_example(set_name, image, labels, class_names)
 
     def list_sets(self) -> dict[str, dict[str, int]]:
         return self.segmenter.store.list_sets()
