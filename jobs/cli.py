@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import demo, eval_cmds, index_cmds, samples, segment_cmds
+from jobs import demo, eval_cmds, index_cmds, samples, segment_cmds, serve_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     index_cmds.add_parsers(commands)
     segment_cmds.add_parsers(commands)
+    serve_cmds.add_parser(commands)
     samples.add_parser(commands)
     demo.add_parser(commands)
     eval_cmds.add_parsers(commands)

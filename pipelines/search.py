@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from operators.presets import alpha_clip_encoder, get_preset
 from operators.prompts import IMAGENET_TEMPLATES
 from storage.index_store import IndexStore
@@ -20,9 +22,21 @@ class TextSearcher:
 
     def search(self, text: str, *, k: int = 10, oversample: int = 10, templates: bool = False,
                filters: dict | None = None) -> list[dict]:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("the search text is empty")
+        check_query_text(text)
+        return self.lookup(self.embed([text], templates=templates)[0], k=k, oversample=oversample, filters=filters)
+
+    def embed(self, texts: list[str], *, templates: bool = False) -> np.ndarray:
+        """(len(texts), D) unit query vectors, in one pass of the text encoder (a service batches queries here)."""
+        return self.encoder.embed_texts(list(texts), IMAGENET_TEMPLATES if templates else None).float().numpy()
+
+    def lookup(self, query: np.ndarray, *, k: int = 10, oversample: int = 10, filters: dict | None = None) -> list[dict]:
+        """The results for one query vector from embed()."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        query = self.encoder.embed_texts([text], IMAGENET_TEMPLATES if templates else None)[0].numpy()
         return self.store.search(query, k=k, oversample=oversample, filters=filters)
+
+
+def check_query_text(text) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the search text is empty")
+    return text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,12 @@ def _assert_exactly_once(db: Path, expected_images: int) -> None:
     assert len(region_ids) == len(set(region_ids)), "a region was written twice"
     assert {row["image_id"] for row in regions} <= set(ids), "regions without their image row"
     assert len(regions) == sum(row["n_regions"] for row in images)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _index(*args, timeout=600) -> dict:
@@ -161,19 +168,23 @@ def test_ray_job_submit_to_a_head_node(tmp_path):
     log = open(tmp_path / "head.log", "w")
     # --block keeps the head's processes in this process group, so the test stops exactly them
     # (`ray stop` would stop every Ray instance on the machine, other tests' included).
+    # Free ports throughout: another Ray on this machine (this session's own) holds the defaults.
+    gcs, dashboard, agent, agent_grpc, metrics = (_free_port() for _ in range(5))
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "26379",
-         "--num-cpus", "4", "--dashboard-host", "127.0.0.1", "--dashboard-port", "28265",
-         "--include-dashboard", "true", "--disable-usage-stats"],
+        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+         "--num-cpus", "4", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+         "--metrics-export-port", str(metrics), "--include-dashboard", "true", "--disable-usage-stats"],
         env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         done = None
-        for _ in range(60):  # the job server answers once the dashboard is up
+        for _ in range(60):  # the job server refuses jobs until the dashboard and its agent are up
             done = subprocess.run(
-                [ray_bin, "job", "submit", "--address", "http://127.0.0.1:28265", "--working-dir", str(REPO),
+                [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
                  "--", "maskdex", "index", str(corpus.root), "--db", str(db)],
                 env=ENV, capture_output=True, text=True, timeout=600)
-            if "Connection refused" not in done.stderr + done.stdout:
+            output = done.stderr + done.stdout
+            if "Connection refused" not in output and "try again later" not in output:
                 break
             time.sleep(2)
         head_log = (tmp_path / "head.log").read_text()[-2000:]

@@ -1,0 +1,172 @@
+"""Query service load: N concurrent HTTP clients for T seconds against /search (and a smaller mix with
+/segment), against the same search function called in process by as many threads.
+
+    python -m benchmarks.serve_load [--clients 8] [--seconds 5] [--repeats 3] [--segment-clients 2]
+
+The service runs on a local Ray with the tiny preset, over a small index of the sample photos, on
+loopback. Each row: median over repeats of requests/s and p50/p95/p99 latency, and total errors
+(non-200 answers or failed connections). Prints a table; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+QUERIES = ("a cat", "a cup of coffee", "an astronaut", "a rocket", "grass", "a red flag", "a person", "a street")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _drive(call, clients: int, seconds: float) -> dict:
+    """clients threads calling call(n) back to back for `seconds`; latencies in ms and errors."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+    counter = itertools.count()
+
+    def client():
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            ok = call(next(counter))
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                latencies.append(elapsed)
+                errors += not ok
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {"rps": len(latencies) / wall, "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
+            "p99": _percentile(latencies, 99), "errors": errors}
+
+
+def _http_search(url: str, sessions: threading.local):
+    def call(n: int) -> bool:
+        session = getattr(sessions, "session", None) or requests.Session()
+        sessions.session = session
+        try:
+            return session.post(url + "/search", json={"text": QUERIES[n % len(QUERIES)], "k": 5},
+                                timeout=60).status_code == 200
+        except requests.RequestException:
+            return False
+    return call
+
+
+def _http_mix(url: str, image: bytes, segment_every: int):
+    """Mostly searches; every segment_every-th request segments an uploaded image."""
+    search = _http_search(url, threading.local())
+
+    def call(n: int) -> bool:
+        if n % segment_every:
+            return search(n)
+        try:
+            return requests.post(url + "/segment", files={"image": ("s.png", image, "image/png")},
+                                 data={"set": "bench"}, timeout=120).status_code == 200
+        except requests.RequestException:
+            return False
+    return call
+
+
+def _in_process(searcher):
+    def call(n: int) -> bool:
+        searcher.search(QUERIES[n % len(QUERIES)], k=5)
+        return True
+    return call
+
+
+def _median_row(name: str, runs: list[dict]) -> tuple:
+    return (name, *(statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p95", "p99")),
+            sum(run["errors"] for run in runs))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--segment-clients", type=int, default=2)
+    parser.add_argument("--segment-every", type=int, default=4, help="in the mix, one request in this many segments")
+    parser.add_argument("--rns-steps", type=int, default=100)
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray import serve
+
+    from jobs.samples import write_samples
+    from jobs.serve.app import start
+    from jobs.serve.config import parse_config
+    from pipelines.index_job import IndexSettings, run_index
+    from pipelines.search import TextSearcher
+
+    with tempfile.TemporaryDirectory() as scratch:
+        photos = write_samples(Path(scratch) / "photos")
+        db = str(Path(scratch) / "db")
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        run_index([str(p) for p in photos], db, IndexSettings(models="tiny"))
+        config = parse_config({"maskdex": {"db": db, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps}})
+        url = start(config, host="127.0.0.1", port=_free_port())
+        rng = np.random.default_rng(0)
+        scene = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        labels = np.zeros((64, 64), np.uint8)
+        labels[:, 32:] = 1
+        added = requests.post(url + "/supports", files={"image": ("i.png", _png(scene)), "labels": ("l.png", _png(labels))},
+                              data={"set": "bench", "classes": "left,right"}, timeout=120)
+        added.raise_for_status()
+        image = _png(np.asarray(Image.open(photos[0]).convert("RGB").resize((128, 96))))
+        searcher = TextSearcher(db, device="cpu")
+        _drive(_http_search(url, threading.local()), args.clients, 1.0)  # warm up replicas and connections
+
+        rows = []
+        kinds = (("HTTP /search", lambda: _http_search(url, threading.local()), args.clients),
+                 (f"HTTP mix (1/{args.segment_every} /segment)", lambda: _http_mix(url, image, args.segment_every),
+                  args.segment_clients),
+                 ("in-process TextSearcher.search", lambda: _in_process(searcher), args.clients))
+        for name, make, clients in kinds:
+            runs = [_drive(make(), clients, args.seconds) for _ in range(args.repeats)]
+            rows.append(_median_row(f"{name}, {clients} clients", runs))
+        serve.shutdown()
+        ray.shutdown()
+
+    print(f"\ntiny preset, {len(photos)} images, {args.seconds:g} s per run, median of {args.repeats} runs, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'workload':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
+    for name, rps, p50, p95, p99, errors in rows:
+        print(f"{name:52s} {rps:8.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f} {errors:7d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The HTTP ingress: FastAPI routes that check every input, then call the model deployments.
+
+Errors are JSON {"error": "..."}: 4xx naming the problem when the request is at fault (including a
+ValueError that a pipeline raises on the request's data), 500 otherwise.
+"""
+
+import asyncio
+import hmac
+import logging
+import mimetypes
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from ray import serve
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from jobs.serve.config import MaskdexConfig
+from jobs.serve.inputs import (
+    BadInput,
+    SearchRequest,
+    SegmentRequest,
+    check_classes,
+    check_image_bytes,
+    check_image_id,
+    check_search,
+    class_list,
+    form_bool,
+    parse_json,
+    validate,
+)
+
+log = logging.getLogger("maskdex.serve")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
+# Form fields are short (a set name, a class list); anything longer is not a real client.
+_MAX_FORM_FIELD = 64 * 1024
+
+app = FastAPI(title="maskdex", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@app.exception_handler(BadInput)
+async def _bad_input(request: Request, error: BadInput) -> JSONResponse:
+    return _error(error.status, error.message)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+    return _error(422, "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return _error(error.status_code, str(error.detail))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    # Not the request's fault: a bug or a broken dependency. Logged in full, answered without details.
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, f"internal error ({type(error).__name__})")
+
+
+@app.middleware("http")
+async def _metrics(request: Request, call_next):
+    started = time.perf_counter()
+    response = await call_next(request)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        # The route's template, not the raw path: one time series per endpoint, not per image id.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.record(route, response.status_code, (time.perf_counter() - started) * 1000)
+    return response
+
+
+class RequestMetrics:
+    """Requests and latency per route, exported by Ray's metrics agent in Prometheus format."""
+
+    def __init__(self):
+        from ray.util.metrics import Counter, Histogram
+
+        self.requests = Counter("maskdex_requests", description="HTTP requests by route and status",
+                                tag_keys=("route", "status"))
+        self.latency = Histogram("maskdex_request_latency_ms", description="HTTP request latency by route",
+                                 boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000],
+                                 tag_keys=("route",))
+
+    def record(self, route: str, status: int, milliseconds: float) -> None:
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        self.latency.observe(milliseconds, tags={"route": route})
+
+
+async def _model_call(response):
+    """The result of a model deployment call; a ValueError raised on the request's data becomes a 400."""
+    try:
+        return await response
+    except ValueError as error:
+        cause = getattr(error, "cause", error)  # a RayTaskError carries the replica's exception
+        raise BadInput(str(cause)) from None
+
+
+# Defined before the deployment: Serve serialises its class when the decorator runs.
+def _read_indexed(row: dict) -> bytes:
+    from pipelines.sources import read_bytes
+
+    return read_bytes(row["uri"])
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+def _field(form, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"{name} must be a plain form field, not a file")
+    return value
+
+
+def _form_int(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise BadInput(f"{name} must be a whole number, got {text[:40]!r}") from None
+
+
+@serve.deployment(name="Api")
+@serve.ingress(app)
+class Api:
+    def __init__(self, encoder, segmenter, config: dict):
+        self.encoder = encoder
+        self.segmenter = segmenter
+        self.config = MaskdexConfig.model_validate(config)
+        self.limits = self.config.limits
+        self._index = None
+        app.state.metrics = RequestMetrics()
+
+    # Pages and health
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "db": self.config.db, "preset": self.config.preset}
+
+    @app.get("/")
+    async def page(self) -> FileResponse:
+        return self._static("index.html")
+
+    @app.get("/static/{name}")
+    async def static(self, name: str) -> FileResponse:
+        return self._static(name)
+
+    # Search and images
+
+    @app.post("/search")
+    async def search(self, request: Request) -> list[dict]:
+        query = parse_json(await self._body(request), SearchRequest)
+        check_search(query, self.limits)
+        filters = query.filters.model_dump(exclude_none=True) if query.filters else None
+        return await _model_call(self.encoder.search.remote(query.text, query.k, query.oversample, query.templates,
+                                                            filters))
+
+    @app.get("/images/{image_id}")
+    async def image(self, image_id: str) -> Response:
+        row = await asyncio.to_thread(self._indexed, image_id)
+        data = await asyncio.to_thread(_read_indexed, row)
+        media_type = mimetypes.guess_type(row["uri"])[0] or "application/octet-stream"
+        return Response(data, media_type=media_type)
+
+    @app.get("/images/{image_id}/regions")
+    async def regions(self, image_id: str) -> dict:
+        row = await asyncio.to_thread(self._indexed, image_id)
+        stored = await asyncio.to_thread(self._index_store().regions_of, image_id)
+        regions = [{key: value for key, value in region.items() if key != "embedding"} for region in stored]
+        return {"image_id": image_id, "width": row["width"], "height": row["height"], "regions": regions}
+
+    # Segmentation and support sets
+
+    @app.post("/segment")
+    async def segment(self, request: Request) -> dict:
+        if _is_multipart(request):
+            form = await self._form(request)
+            image = await self._upload(form, "image")
+            fields = {"set": _field(form, "set"), "classes": class_list(_field(form, "classes")),
+                      "mode": _field(form, "mode") or "patch",
+                      "shots_only": form_bool(_field(form, "shots_only"), "shots_only"),
+                      "seed": _form_int(_field(form, "seed"), "seed")}
+            params = validate(SegmentRequest, {key: value for key, value in fields.items() if value is not None})
+            if params.image_id is not None:
+                raise BadInput("send either an uploaded image or an image_id, not both")
+        else:
+            params = parse_json(await self._body(request), SegmentRequest)
+            if params.image_id is None:
+                raise BadInput("send an image: a multipart upload named 'image', or JSON with an image_id")
+            image = await asyncio.to_thread(_read_indexed, await asyncio.to_thread(self._indexed, params.image_id))
+        check_classes(params.classes, self.limits)
+        check_image_bytes(image, self.limits)
+        return await _model_call(self.segmenter.segment.remote(image, params.set_name, params.classes, params.mode,
+                                                               params.shots_only, params.seed, params.image_id))
+
+    @app.post("/supports")
+    async def add_support(self, request: Request) -> dict:
+        self._authorise(request)
+        if not _is_multipart(request):
+            raise BadInput("POST /supports takes multipart/form-data: image, labels (PNG), set, classes", 415)
+        form = await self._form(request)
+        image = await self._upload(form, "image")
+        labels = await self._upload(form, "labels")
+        set_name = _field(form, "set")
+        classes = class_list(_field(form, "classes"))
+        if not set_name:
+            raise BadInput("set is missing")
+        if not classes:
+            raise BadInput("classes is missing: name the class of each label id, in order")
+        check_classes(classes, self.limits)
+        width, height = check_image_bytes(image, self.limits)
+        label_size = check_image_bytes(labels, self.limits, what="label map")
+        if label_size != (width, height):
+            raise BadInput(f"label map is {label_size[0]}x{label_size[1]} but the image is {width}x{height}")
+        return await _model_call(self.segmenter.add_example.remote(set_name, image, labels, classes))
+
+    @app.get("/supports")
+    async def list_supports(self) -> dict:
+        return {"sets": await self.segmenter.list_sets.remote()}
+
+    # Helpers
+
+    def _authorise(self, request: Request) -> None:
+        token = self.config.token
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise BadInput("this write needs the service's bearer token (Authorization: Bearer TOKEN)", 401)
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused as soon as it passes the upload limit (a client cannot make us buffer more)."""
+        limit = self.limits.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + _MAX_FORM_FIELD:
+            raise BadInput(f"the request is {declared} bytes; the upload limit is {limit}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit + _MAX_FORM_FIELD:
+                raise BadInput(f"the request is over the upload limit of {limit} bytes", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _form(self, request: Request):
+        body = await self._body(request)
+
+        async def stream():
+            yield body
+
+        try:
+            return await MultiPartParser(request.headers, stream(), max_files=4, max_fields=16,
+                                         max_part_size=_MAX_FORM_FIELD).parse()
+        except MultiPartException as error:
+            raise BadInput(f"malformed multipart body: {error.message}") from None
+
+    async def _upload(self, form, name: str) -> bytes:
+        upload = form.get(name)
+        if not isinstance(upload, UploadFile):
+            raise BadInput(f"{name} is missing: upload it as a file field named {name!r}")
+        return await upload.read()
+
+    def _index_store(self):
+        if self._index is None:
+            from storage.index_store import IndexStore
+
+            self._index = IndexStore.open(self.config.db, models=None, embed_dim=None, read_only=True)
+        return self._index
+
+    def _indexed(self, image_id: str) -> dict:
+        """The images row of an indexed image; ids come from the request, paths only from the table."""
+        check_image_id(image_id)
+        row = self._index_store().image(image_id)
+        if row is None:
+            raise BadInput(f"no image {image_id} in the index", 404)
+        if row["status"] != "ok":
+            raise BadInput(f"image {image_id} failed to index: {row['error']}", 404)
+        return row
+
+    def _static(self, name: str) -> FileResponse:
+        if name not in STATIC_FILES:  # a fixed list: no path from the request reaches the file system
+            raise BadInput(f"no page {name!r}", 404)
+        return FileResponse(os.path.join(STATIC_DIR, name), media_type=STATIC_FILES[name])

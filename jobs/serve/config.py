@@ -1,0 +1,107 @@
+"""The service's configuration: a `maskdex` section (database, preset, limits, token) and per-deployment
+Serve options (replicas, autoscaling, ray_actor_options such as num_gpus), from one YAML file.
+
+```yaml
+maskdex:
+  db: maskdex-data
+  preset: tiny
+  token: null            # a bearer token that POST /supports must carry; null: writes are open
+  limits: {max_k: 100}
+deployments:
+  TextEncoder: {num_replicas: 1, ray_actor_options: {num_gpus: 1}}
+  Segmenter: {autoscaling_config: {min_replicas: 1, max_replicas: 4}, ray_actor_options: {num_gpus: 1}}
+```
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Deployments the application is made of; options for any other name are refused as a typo.
+DEPLOYMENTS = ("Api", "TextEncoder", "Segmenter")
+# What each deployment reserves unless configured otherwise: small CPU shares, so that the whole
+# service fits a laptop or a test's local Ray; a cluster's config gives the model deployments GPUs.
+DEFAULT_ACTOR_OPTIONS = {"Api": {"num_cpus": 0.1}, "TextEncoder": {"num_cpus": 0.5}, "Segmenter": {"num_cpus": 0.5}}
+_SERVE_OPTIONS = ("num_replicas", "autoscaling_config", "ray_actor_options", "max_ongoing_requests",
+                  "health_check_period_s", "graceful_shutdown_timeout_s")
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_text_chars: int = Field(500, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_oversample: int = Field(50, ge=1)
+    max_upload_bytes: int = Field(20_000_000, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_classes: int = Field(32, ge=1, le=255)
+
+
+class Batching(BaseModel):
+    """How the text encoder gathers concurrent queries into one forward pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class MaskdexConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    db: str
+    preset: str = "tiny"
+    weights: str | None = None
+    device: str = "auto"
+    dtype: str | None = "bfloat16"
+    token: str | None = None
+    rns_steps: int = Field(700, ge=1)  # steps of the per-image classifier (design.md section 3)
+    limits: Limits = Limits()
+    batching: Batching = Batching()
+
+
+class ServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    maskdex: MaskdexConfig
+    deployments: dict[str, dict] = {}
+
+    def deployment_options(self, name: str) -> dict:
+        options = dict(self.deployments.get(name) or {})
+        actor = {**DEFAULT_ACTOR_OPTIONS[name], **(options.get("ray_actor_options") or {})}
+        return {**options, "ray_actor_options": actor}
+
+
+def parse_config(data: dict) -> ServiceConfig:
+    """A ValueError naming every bad key or value."""
+    try:
+        config = ServiceConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise ValueError(f"bad service config: {problems}") from None
+    for name, options in config.deployments.items():
+        if name not in DEPLOYMENTS:
+            raise ValueError(f"bad service config: unknown deployment {name!r} (known: {', '.join(DEPLOYMENTS)})")
+        unknown = sorted(set(options or {}) - set(_SERVE_OPTIONS))
+        if unknown:
+            raise ValueError(f"bad service config: deployments.{name}: unknown option(s) {', '.join(unknown)}")
+    return config
+
+
+def load_config(path: str | os.PathLike | None, **overrides) -> ServiceConfig:
+    """The config file (if any) with the maskdex keys given here on top (those that are not None)."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"service config {path} must be a mapping")
+    section = dict(data.get("maskdex") or {})
+    section.update({key: value for key, value in overrides.items() if value is not None})
+    if "db" not in section:
+        raise ValueError("the service needs a database: pass --db or set maskdex.db in the config")
+    return parse_config({**data, "maskdex": section})

@@ -1,0 +1,92 @@
+"""The model deployments: the text encoder (batched across concurrent queries) and the segmenter.
+
+Both take their GPUs, replicas and autoscaling from the service config; the code is the same on CPU.
+Bad input raises ValueError here (as the pipelines do); the ingress turns it into a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+
+import numpy as np
+from ray import serve
+
+from jobs.serve.config import MaskdexConfig
+
+
+@serve.deployment(name="TextEncoder")
+class TextEncoder:
+    """TextSearcher split in two: queries are embedded in batches, then each looks up its own results."""
+
+    def __init__(self, config: dict):
+        from pipelines.search import TextSearcher
+
+        settings = MaskdexConfig.model_validate(config)
+        self.searcher = TextSearcher(settings.db, weights=settings.weights, device=settings.device)
+        self._embed.set_max_batch_size(settings.batching.max_batch_size)
+        self._embed.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
+
+    async def search(self, text: str, k: int, oversample: int, templates: bool, filters: dict | None) -> list[dict]:
+        from pipelines.search import check_query_text
+
+        check_query_text(text)
+        query = await self._embed((text, templates))
+        return await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _embed(self, queries: list[tuple[str, bool]]) -> list[np.ndarray]:
+        vectors: list = [None] * len(queries)
+        # Template averaging changes the encoder's input, so each kind gets its own pass.
+        for templates in (False, True):
+            picked = [index for index, (_, wants) in enumerate(queries) if wants == templates]
+            if picked:
+                embedded = await asyncio.to_thread(self.searcher.embed, [queries[i][0] for i in picked],
+                                                   templates=templates)
+                for row, index in enumerate(picked):
+                    vectors[index] = embedded[row]
+        return vectors
+
+
+@serve.deployment(name="Segmenter")
+class SegmenterModel:
+    """One pipelines.segment.Segmenter per replica; it re-reads the support memory's version at every
+    call, so an example added through any replica is used by the next segmentation on all of them."""
+
+    def __init__(self, config: dict):
+        from operators.rns import RNSSettings
+        from pipelines.segment import SegmentSettings, Segmenter
+
+        settings = MaskdexConfig.model_validate(config)
+        self.segmenter = Segmenter(settings.db, SegmentSettings(
+            models=settings.preset, weights=settings.weights, device=settings.device, dtype=settings.dtype,
+            rns=RNSSettings(steps=settings.rns_steps), max_pixels=settings.limits.max_pixels), create=True)
+        # The Segmenter's caches are not thread-safe; listing the sets need not wait for a segmentation.
+        self._lock = threading.Lock()
+
+    def segment(self, image: bytes, set_name: str, classes: list[str] | None, mode: str, shots_only: bool,
+                seed: int, image_id: str | None) -> dict:
+        from operators import rle
+        from pipelines.segment_outputs import colours, labels_image
+
+        with self._lock:
+            result = self.segmenter.segment(image, set_name, classes, mode=mode, shots_only=shots_only, seed=seed,
+                                            image_id=image_id)
+        png = io.BytesIO()
+        labels_image(result.labels, len(result.class_names)).save(png, format="PNG")
+        masks = {name: rle.encode(result.labels == index) for index, name in enumerate(result.class_names)}
+        return {**result.summary(), "set": set_name, "colours": colours(len(result.class_names)).tolist(),
+                "labels_png": base64.b64encode(png.getvalue()).decode("ascii"),
+                "masks": masks}
+
+    def add_example(self, set_name: str, image: bytes, label_png: bytes, class_names: list[str]) -> dict:
+        from pipelines.support_labels import read_label_map
+
+        labels = read_label_map(label_png)
+        with self._lock:
+            return self.segmenter.add_example(set_name, image, labels, class_names)
+
+    def list_sets(self) -> dict[str, dict[str, int]]:
+        return self.segmenter.store.list_sets()
