@@ -20,7 +20,7 @@ import ray
 from operators.presets import embedding_dim, get_preset
 from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.index_stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
-from pipelines.ray_pools import StageResources, init_ray
+from pipelines.ray_pools import StageResources, actor_pool, init_ray
 from pipelines.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
 from storage.index_store import IndexStore
 
