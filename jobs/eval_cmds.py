@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.arguments import add_db, at_least
+
 from pipelines.datasets import DATASETS
 from pipelines.eval_methods import METHODS, parse_methods
 
@@ -26,17 +28,17 @@ def add_parsers(commands) -> None:
                      help="support sampling seeds, comma-separated (default 0,1,2)")
     seg.add_argument("--out", required=True, help="directory for the report")
     seg.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
-    seg.add_argument("--limit", type=_at_least(1), default=None, help="evaluate only the first N val images")
+    seg.add_argument("--limit", type=at_least(1), default=None, help="evaluate only the first N val images")
     seg.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
     seg.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    seg.add_argument("--rns-steps", type=_at_least(0), default=700, help="RNS training steps (the paper: 700)")
-    seg.add_argument("--short-side", type=_at_least(1), default=448,
+    seg.add_argument("--rns-steps", type=at_least(0), default=700, help="RNS training steps (the paper: 700)")
+    seg.add_argument("--short-side", type=at_least(1), default=448,
                      help="images are resized to this short side (the paper: 448; a multiple of 4 patches)")
-    seg.add_argument("--support-pool", type=_at_least(1), default=None,
+    seg.add_argument("--support-pool", type=at_least(1), default=None,
                      help="sample supports from a random subset of this many train images (default: all)")
-    seg.add_argument("--shard-size", type=_at_least(1), default=4, help="val images per shard (default 4)")
-    seg.add_argument("--actors", type=_at_least(1), default=1,
+    seg.add_argument("--shard-size", type=at_least(1), default=4, help="val images per shard (default 4)")
+    seg.add_argument("--actors", type=at_least(1), default=1,
                      help="most model actors; the pool grows to this as the cluster has room (default 1)")
     seg.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
     seg.add_argument("--gpus-per-actor", type=float, default=None,
@@ -50,10 +52,10 @@ def add_parsers(commands) -> None:
         description="Queries are the category names (or D-cube expressions) of a COCO-format instances file; the "
                     "corpus is its images, indexed beforehand with `maskdex index`. Writes results.json and "
                     "report.md to --out.")
-    ret.add_argument("--db", required=True, help="the index (LanceDB directory or URI)")
+    add_db(ret)
     ret.add_argument("--annotations", required=True, help="COCO-format instances JSON")
     ret.add_argument("--out", required=True, help="directory for the report")
-    ret.add_argument("-k", type=_at_least(1), default=50, help="results per query, the K of AP@K (default 50)")
+    ret.add_argument("-k", type=at_least(1), default=50, help="results per query, the K of AP@K (default 50)")
     ret.add_argument("--iou", type=float, default=0.5, help="mask IoU for an object-level match (default 0.5)")
     ret.add_argument("--templates", action="store_true", help="average each query over CLIP prompt templates")
     ret.add_argument("--weights-dir", default=None)
@@ -114,18 +116,5 @@ def _whole_numbers(minimum: int):
         if not values or min(values) < minimum:
             raise argparse.ArgumentTypeError(f"expected whole numbers >= {minimum}, got {text!r}")
         return values
-
-    return parse
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
 
     return parse

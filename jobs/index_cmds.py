@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from jobs.arguments import add_db, positive_int
 
 
 def add_parsers(commands) -> None:
     index = commands.add_parser("index", help="index images (files, folders, globs, s3:// or gs:// URIs, parquet)")
     index.add_argument("sources", nargs="+", metavar="SOURCE")
-    _db(index)
+    add_db(index)
     index.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
     index.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
     index.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
     index.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    index.add_argument("--sam-actors", type=_positive_int, default=1,
+    index.add_argument("--sam-actors", type=positive_int, default=1,
                        help="most SAM 2 actors; the pool grows to this as the cluster has room (default 1)")
-    index.add_argument("--clip-actors", type=_positive_int, default=1,
+    index.add_argument("--clip-actors", type=positive_int, default=1,
                        help="most Alpha-CLIP actors, likewise (default 1)")
     index.add_argument("--gpus-per-actor", type=float, default=None,
                        help="GPUs each model actor reserves (default: 1 when --device cuda, else 0)")
-    index.add_argument("--points-per-side", type=_positive_int, default=None, help="SAM 2 point grid side")
-    index.add_argument("--max-masks", type=_positive_int, default=None, help="cap on masks per image")
+    index.add_argument("--points-per-side", type=positive_int, default=None, help="SAM 2 point grid side")
+    index.add_argument("--max-masks", type=positive_int, default=None, help="cap on masks per image")
     index.add_argument("--min-area", type=int, default=None, help="smallest mask kept, in pixels")
-    index.add_argument("--commit-every", type=_positive_int, default=16, help="images per database commit")
+    index.add_argument("--commit-every", type=positive_int, default=16, help="images per database commit")
     index.add_argument("--retry-failed", action="store_true", help="index again the images that failed before")
     index.add_argument("--no-build-index", action="store_true", help="do not build the vector index afterwards")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -31,35 +32,21 @@ def add_parsers(commands) -> None:
 
     search = commands.add_parser("search", help="find images by text; ranked by their best-matching region")
     search.add_argument("text", metavar="TEXT")
-    _db(search)
-    search.add_argument("-k", type=_positive_int, default=10, help="images to return (default 10)")
+    add_db(search)
+    search.add_argument("-k", type=positive_int, default=10, help="images to return (default 10)")
     search.add_argument("--templates", action="store_true", help="average the query over CLIP prompt templates")
     search.add_argument("--weights-dir", default=None)
     search.add_argument("--json", action="store_true", help="print results as JSON")
     search.set_defaults(run=run_search)
 
     build = commands.add_parser("build-index", help="build or refresh the vector and scalar indexes")
-    _db(build)
+    add_db(build)
     build.add_argument("--force", action="store_true", help="build the vector index even on a small table")
     build.set_defaults(run=run_build_index)
 
     stats = commands.add_parser("stats", help="what a database holds")
-    _db(stats)
+    add_db(stats)
     stats.set_defaults(run=run_stats)
-
-
-def _db(parser) -> None:
-    parser.add_argument("--db", required=True, help="LanceDB directory or object-store URI")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run_index(args) -> int:

@@ -6,7 +6,7 @@ import glob
 import json
 import os
 
-from jobs.index_cmds import _db, _positive_int
+from jobs.arguments import add_db, positive_int
 
 
 def add_parsers(commands) -> None:
@@ -14,7 +14,7 @@ def add_parsers(commands) -> None:
     actions = supports.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     add = actions.add_parser("add", help="add a labelled folder to a support set (all of it, or nothing)")
-    _db(add)
+    add_db(add)
     add.add_argument("--set", required=True, dest="set_name", help="support set name (created on first add)")
     add.add_argument("--images", required=True, help="folder of images")
     add.add_argument("--labels", required=True,
@@ -22,24 +22,24 @@ def add_parsers(commands) -> None:
     add.add_argument("--classes", required=True,
                      help="file with one class per line, line n naming label n; '@name' marks an example-only class")
     _models(add)
-    add.add_argument("--actors", type=_positive_int, default=1, help="most feature actors (default 1)")
+    add.add_argument("--actors", type=positive_int, default=1, help="most feature actors (default 1)")
     add.add_argument("--json", action="store_true", help="print the summary as JSON")
     add.set_defaults(run=run_add)
 
     listing = actions.add_parser("list", help="the support sets, their classes and example counts")
-    _db(listing)
+    add_db(listing)
     listing.add_argument("--json", action="store_true", help="print {set: {class: images}} as JSON")
     listing.set_defaults(run=run_list)
 
     remove = actions.add_parser("remove", help="remove a support set, or one class of it")
-    _db(remove)
+    add_db(remove)
     remove.add_argument("--set", required=True, dest="set_name")
     remove.add_argument("--class", dest="class_name", default=None, help="remove only this class")
     remove.set_defaults(run=run_remove)
 
     segment = commands.add_parser("segment", help="segment images with a support set (RNS)")
     segment.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or folders, globs)")
-    _db(segment)
+    add_db(segment)
     segment.add_argument("--set", required=True, dest="set_name", help="support set to segment with")
     segment.add_argument("--classes", type=_class_list, default=None,
                          help="comma-separated classes, in label-id order (default: all of the set's, sorted)")
@@ -49,7 +49,7 @@ def add_parsers(commands) -> None:
     segment.add_argument("--out", required=True, help="folder for NAME.labels.png, NAME.overlay.png, NAME.json")
     segment.add_argument("--seed", type=int, default=0, help="seed of the per-image classifier's initialisation")
     _models(segment)
-    segment.add_argument("--actors", type=_positive_int, default=1,
+    segment.add_argument("--actors", type=positive_int, default=1,
                          help="most segmenter actors when there are several images (default 1)")
     segment.add_argument("--json", action="store_true", help="print the summaries as JSON")
     segment.set_defaults(run=run_segment)

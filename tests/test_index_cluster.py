@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.corpus import build_corpus
+from tests.serve_support import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -51,12 +51,6 @@ def _assert_exactly_once(db: Path, expected_images: int) -> None:
     assert len(region_ids) == len(set(region_ids)), "a region was written twice"
     assert {row["image_id"] for row in regions} <= set(ids), "regions without their image row"
     assert len(regions) == sum(row["n_regions"] for row in images)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _index(*args, timeout=600) -> dict:
@@ -169,7 +163,7 @@ def test_ray_job_submit_to_a_head_node(tmp_path):
     # --block keeps the head's processes in this process group, so the test stops exactly them
     # (`ray stop` would stop every Ray instance on the machine, other tests' included).
     # Free ports throughout: another Ray on this machine (this session's own) holds the defaults.
-    gcs, dashboard, agent, agent_grpc, metrics = (_free_port() for _ in range(5))
+    gcs, dashboard, agent, agent_grpc, metrics = (free_port() for _ in range(5))
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
          "--num-cpus", "4", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
