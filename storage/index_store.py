@@ -85,7 +85,7 @@ class IndexStore:
     def all_image_ids(self) -> np.ndarray:
         """Every stored image_id, sorted, as fixed-width bytes: what an index run hands its readers
         to skip finished images without each of them querying the database."""
-        ids = self._images.to_arrow().column("image_id").to_numpy(zero_copy_only=False)
+        ids = self._where(self._images, None, ["image_id"])["image_id"].to_numpy(zero_copy_only=False)
         return np.sort(ids.astype(bytes))
 
     def commit(self, images: list[dict], regions: list[dict]) -> int:
