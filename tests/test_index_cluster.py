@@ -21,7 +21,10 @@ from tests.serve_support import free_port
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 MASKDEX = str(Path(sys.executable).parent / "maskdex")
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # conftest has set Ray to loopback, without auth
+# conftest has set Ray to loopback, without auth. The venv goes first on PATH, as for a user who
+# activated it: a job entrypoint such as `maskdex index` is looked up on the head node's PATH.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
+       "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 
 
 def _rows(db: Path, table: str) -> list[dict]:
