@@ -15,10 +15,10 @@ def add_parsers(commands) -> None:
     index.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
     index.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
     index.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    index.add_argument("--sam-actors", type=positive_int, default=1,
-                       help="most SAM 2 actors; the pool grows to this as the cluster has room (default 1)")
-    index.add_argument("--clip-actors", type=positive_int, default=1,
-                       help="most Alpha-CLIP actors, likewise (default 1)")
+    index.add_argument("--sam-actors", type=positive_int, default=None,
+                       help="most SAM 2 actors (default: as many as the cluster can place)")
+    index.add_argument("--clip-actors", type=positive_int, default=None,
+                       help="most Alpha-CLIP actors (default: one, plus as many as fit beside SAM 2's)")
     index.add_argument("--gpus-per-actor", type=float, default=None,
                        help="GPUs each model actor reserves (default: 1 when --device cuda, else 0)")
     index.add_argument("--points-per-side", type=positive_int, default=None, help="SAM 2 point grid side")
@@ -50,7 +50,9 @@ def add_parsers(commands) -> None:
 
 
 def run_index(args) -> int:
-    from pipelines.index_job import IndexSettings, StageResources
+    from dataclasses import replace
+
+    from pipelines.index_job import IndexSettings
     from pipelines.index_job import run_index as index
 
     on_gpu = args.device.startswith("cuda")
@@ -58,10 +60,11 @@ def run_index(args) -> int:
     mask_settings = {name: value for name, value in (("points_per_side", args.points_per_side),
                                                       ("max_masks", args.max_masks),
                                                       ("min_area", args.min_area)) if value is not None}
+    defaults = IndexSettings()
     settings = IndexSettings(
         models=args.models, weights=args.weights_dir, device=args.device, mask_settings=mask_settings,
-        sam=StageResources(max_actors=args.sam_actors, num_cpus=1.0, num_gpus=gpus),
-        clip=StageResources(max_actors=args.clip_actors, num_cpus=0.5, num_gpus=gpus),
+        sam=replace(defaults.sam, max_actors=args.sam_actors, num_gpus=gpus),
+        clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus),
         commit_every=args.commit_every, retry_failed=args.retry_failed, build_index=not args.no_build_index,
     )
     summary = index(args.sources, args.db, settings, address=args.address)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -37,12 +37,17 @@ class IndexSettings:
     context: float | None = 0.5  # Alpha-CLIP crop margin around each region's box
     max_side: int = 1024  # images are downscaled to this before SAM 2 (it works at 1024 anyway)
     max_pixels: int = DEFAULT_MAX_PIXELS
-    read_num_cpus: float = 0.5
     # Files per block. A block moves through the stages as one unit, so this is also how many images
     # reach the writer at a time: small blocks keep results streaming and make a kill lose less.
     read_batch_size: int = 4
-    sam: StageResources = StageResources(num_cpus=1.0)
-    clip: StageResources = StageResources(num_cpus=0.5)
+    # CPU reservations follow each stage's share of the work on a CPU-only node (per image, one
+    # thread: SAM 2 about 3/4, Alpha-CLIP 1/4, reading ~1%; benchmarks/index_throughput.py), so
+    # N cores carry about N SAM 2 actors, each a single-threaded process. Separate processes scale
+    # over cores far better than torch's threads inside one SAM 2 call do. On GPU nodes the
+    # num_gpus reservations decide placement instead.
+    read_num_cpus: float = 0.25
+    sam: StageResources = StageResources(max_actors=None, num_cpus=0.75)
+    clip: StageResources = StageResources(max_actors=None, num_cpus=0.25)
     commit_every: int = 16
     retry_failed: bool = False
     build_index: bool = True
@@ -95,6 +100,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     if settings.retry_failed:
         store.forget_failed()
     init_ray(address)
+    settings = resolve_device(settings, ray.cluster_resources())
 
     known = ray.put(store.all_image_ids())
     sam_actors, clip_actors = plan_actors(ray.cluster_resources(), settings)
@@ -145,15 +151,33 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     return summary
 
 
+def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
+    """Device "auto" decided for the cluster: CUDA with one GPU per model actor where it has GPUs.
+
+    Deciding inside an actor would not do: Ray hides every GPU from an actor that reserves none,
+    so there "auto" always means the CPU.
+    """
+    if settings.device != "auto":
+        return settings
+    if float(cluster.get("GPU", 0.0)) <= 0:
+        return replace(settings, device="cpu")
+
+    def on_gpu(stage: StageResources) -> StageResources:
+        return stage if stage.num_gpus > 0 else replace(stage, num_gpus=1.0)
+
+    return replace(settings, device="cuda", sam=on_gpu(settings.sam), clip=on_gpu(settings.clip))
+
+
 def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
     """How many SAM 2 and Alpha-CLIP actors to start so that all of them, and one read task, fit.
 
     One Alpha-CLIP actor and one read task are set aside first, the rest goes to SAM 2 (the slow
-    stage), then what remains to more Alpha-CLIP actors. Each stage gets at least one actor.
+    stage), then what remains to more Alpha-CLIP actors. Each stage gets at least one actor, and at
+    most its max_actors (None: no cap).
     """
     for stage in (settings.sam, settings.clip):
-        if stage.max_actors < 1:
-            raise ValueError(f"max_actors must be >= 1, got {stage.max_actors}")
+        if stage.max_actors is not None and stage.max_actors < 1:
+            raise ValueError(f"max_actors must be >= 1 or None, got {stage.max_actors}")
     cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
     sam, clip = settings.sam, settings.clip
     free = {"CPU": cpus - settings.read_num_cpus - clip.num_cpus, "GPU": gpus - clip.num_gpus}
@@ -161,11 +185,14 @@ def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
     def fits(stage: StageResources, budget: dict) -> int:
         counts = [int(budget[key] // need + 1e-9) for key, need in (("CPU", stage.num_cpus), ("GPU", stage.num_gpus))
                   if need > 0]
-        return min(counts) if counts else stage.max_actors
+        return min(counts) if counts else (stage.max_actors or 1)
 
-    sam_actors = max(1, min(sam.max_actors, fits(sam, free)))
+    def capped(stage: StageResources, count: int) -> int:
+        return max(1, count if stage.max_actors is None else min(stage.max_actors, count))
+
+    sam_actors = capped(sam, fits(sam, free))
     free = {"CPU": free["CPU"] - sam_actors * sam.num_cpus, "GPU": free["GPU"] - sam_actors * sam.num_gpus}
-    clip_actors = max(1, min(clip.max_actors, 1 + fits(clip, free)))
+    clip_actors = capped(clip, 1 + fits(clip, free))
     return sam_actors, clip_actors
 
 

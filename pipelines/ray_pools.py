@@ -12,7 +12,7 @@ import ray
 class StageResources:
     """Where one model stage runs: how many actors at most, and what each actor reserves."""
 
-    max_actors: int = 1
+    max_actors: int | None = 1  # None: as many as the cluster can place (a job's planner decides)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     # Small batches: both models loop over images inside a batch anyway, and small batches stream
@@ -36,6 +36,8 @@ def actor_pool(resources: StageResources, actors: int | None = None, *, in_fligh
     minutes of work, where queueing leaves the other actors idle.
     """
     actors = resources.max_actors if actors is None else actors
+    if actors is None:
+        raise ValueError("max_actors is None (as many as fit): pass the planned number of actors")
     if actors < 1:
         raise ValueError(f"an actor pool needs at least 1 actor, got {actors}")
     # More in flight lets the first actor that is ready take every batch of a small job.

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import io
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import data
 
+from pipelines.index_job import IndexSettings
+
 GOOD_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+
+
+def index_settings(**changes) -> IndexSettings:
+    """Index settings for the tests' shared Ray instance, two SAM 2 actors and one Alpha-CLIP actor.
+
+    That instance claims 4 logical CPUs on a 2-core machine; the default plan (as many actors as
+    fit) would start 7 model actors there, most of whom would only contend for the two cores.
+    """
+    defaults = IndexSettings(models="tiny")
+    return replace(defaults, sam=replace(defaults.sam, max_actors=2), clip=replace(defaults.clip, max_actors=1),
+                   **changes)
 
 
 @dataclass

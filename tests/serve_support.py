@@ -64,7 +64,8 @@ def service_config(db: str, **maskdex) -> dict:
 @pytest.fixture(scope="session")
 def serve_db(tmp_path_factory, ray_local) -> tuple[str, dict[str, Path]]:
     """A tiny-preset index of three small photos."""
-    from pipelines.index_job import IndexSettings, run_index
+    from pipelines.index_job import run_index
+    from tests.corpus import index_settings
 
     root = tmp_path_factory.mktemp("serve_corpus")
     photos = {}
@@ -74,7 +75,7 @@ def serve_db(tmp_path_factory, ray_local) -> tuple[str, dict[str, Path]]:
         photos[name] = root / f"{name}.jpg"
         image.save(photos[name], quality=90)
     db = str(tmp_path_factory.mktemp("serve_db") / "db")
-    run_index([str(path) for path in photos.values()], db, IndexSettings(models="tiny", commit_every=4))
+    run_index([str(path) for path in photos.values()], db, index_settings(commit_every=4))
     return db, photos
 
 

@@ -12,9 +12,9 @@ import pytest
 from operators import rle as rle_codec
 from pipelines.index_job import IndexSettings, run_index
 from storage.index_store import IndexStore
-from tests.corpus import build_corpus
+from tests.corpus import build_corpus, index_settings
 
-SETTINGS = IndexSettings(models="tiny", max_pixels=5_000_000, commit_every=4)
+SETTINGS = index_settings(max_pixels=5_000_000, commit_every=4)
 
 
 def _table(db, name):

@@ -7,9 +7,10 @@ from PIL import Image
 
 from operators import rle as rle_codec
 from operators.rns_units import paint_regions
-from pipelines.index_job import IndexSettings, run_index
+from pipelines.index_job import run_index
 from pipelines.segment import Segmenter
 from storage import IndexStore
+from tests.corpus import index_settings
 from tests.synthetic import SEGMENT_SETTINGS, add_scenes, scene
 
 
@@ -19,7 +20,7 @@ def test_region_mode_reuses_the_stored_masks_of_an_indexed_image(tmp_path, ray_l
     path = tmp_path / "indexed.png"
     Image.fromarray(image).save(path)
     db = str(tmp_path / "db")
-    assert run_index([str(path)], db, IndexSettings(models="tiny")).ok == 1
+    assert run_index([str(path)], db, index_settings()).ok == 1
     segmenter = Segmenter(db, SEGMENT_SETTINGS, create=True)
     add_scenes(segmenter, "scenes", per_class=1, seed=0)
 
