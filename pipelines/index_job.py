@@ -42,9 +42,9 @@ class IndexSettings:
     read_batch_size: int = 4
     # CPU reservations follow each stage's share of the work on a CPU-only node (per image, one
     # thread: SAM 2 about 3/4, Alpha-CLIP 1/4, reading ~1%; benchmarks/index_throughput.py), so
-    # N cores carry about N SAM 2 actors, each a single-threaded process. Separate processes scale
-    # over cores far better than torch's threads inside one SAM 2 call do. On GPU nodes the
-    # num_gpus reservations decide placement instead.
+    # the planner shares a node's cores out as the work is shared, over single-threaded actors:
+    # separate processes scale over cores far better than torch's threads inside one SAM 2 call.
+    # On GPU nodes the num_gpus reservations decide placement instead.
     read_num_cpus: float = 0.25
     sam: StageResources = StageResources(max_actors=None, num_cpus=0.75)
     clip: StageResources = StageResources(max_actors=None, num_cpus=0.25)
