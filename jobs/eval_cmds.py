@@ -42,7 +42,7 @@ def add_parsers(commands) -> None:
                      help="most model actors; the pool grows to this as the cluster has room (default 1)")
     seg.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
     seg.add_argument("--gpus-per-actor", type=float, default=None,
-                     help="GPUs per actor (default: 1 when --device cuda, else 0)")
+                     help="GPUs per actor (default: 1 with --device cuda, or auto on a cluster with GPUs; else 0)")
     seg.add_argument("--single-process", action="store_true",
                      help="run everything in this process, without Ray (same numbers, no parallelism)")
     seg.set_defaults(run=run_segmentation)

@@ -20,7 +20,8 @@ def add_parsers(commands) -> None:
     index.add_argument("--clip-actors", type=positive_int, default=None,
                        help="most Alpha-CLIP actors (default: one, plus as many as fit beside SAM 2's)")
     index.add_argument("--gpus-per-actor", type=float, default=None,
-                       help="GPUs each model actor reserves (default: 1 when --device cuda, else 0)")
+                       help="GPUs each model actor reserves (default: 1 with --device cuda, or auto on a "
+                            "cluster with GPUs; else 0)")
     index.add_argument("--points-per-side", type=positive_int, default=None, help="SAM 2 point grid side")
     index.add_argument("--max-masks", type=positive_int, default=None, help="cap on masks per image")
     index.add_argument("--min-area", type=int, default=None, help="smallest mask kept, in pixels")

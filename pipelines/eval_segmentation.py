@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray
@@ -30,7 +30,7 @@ from operators.presets import get_preset, patch_size
 from pipelines.datasets import DatasetError, Sample, SegmentationDataset
 from pipelines.eval_methods import METHODS
 from pipelines.eval_worker import SegmentationWorker, WorkerSpec, memory_from_prototypes
-from pipelines.ray_pools import StageResources, actor_pool, init_ray
+from pipelines.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from pipelines.support_sampling import ClassPresence, SupportSet, sample_supports
 
 log = logging.getLogger(__name__)
@@ -234,16 +234,17 @@ class _LocalRunner:
 
 class _RayRunner:
     def __init__(self, spec: WorkerSpec, settings: SegmentationEvalSettings, address: str | None):
-        self.spec = spec
-        self.settings = settings
         init_ray(address)
+        device, self.resources = device_for_cluster(
+            spec.device, StageResources(max_actors=settings.actors, num_cpus=settings.num_cpus,
+                                        num_gpus=settings.num_gpus), ray.cluster_resources())
+        self.spec = replace(spec, device=device)
+        self.settings = settings
 
     def _pool(self, batch_size: int) -> dict:
         # One batch in flight per actor: a batch is seconds to minutes of model work and its input a
         # few bytes, so queueing several on one actor would only leave the others idle.
-        resources = StageResources(max_actors=self.settings.actors, num_cpus=self.settings.num_cpus,
-                                   num_gpus=self.settings.num_gpus, batch_size=batch_size)
-        return actor_pool(resources, in_flight=1)
+        return actor_pool(replace(self.resources, batch_size=batch_size), in_flight=1)
 
     def prototypes(self, samples: Sequence[Sample]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         batch = 4

@@ -20,7 +20,7 @@ import ray
 from operators.presets import embedding_dim, get_preset
 from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.index_stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
-from pipelines.ray_pools import StageResources, actor_pool, init_ray
+from pipelines.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from pipelines.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
 from storage.index_store import IndexStore
 
@@ -152,20 +152,10 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
 
 def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
-    """Device "auto" decided for the cluster: CUDA with one GPU per model actor where it has GPUs.
-
-    Deciding inside an actor would not do: Ray hides every GPU from an actor that reserves none,
-    so there "auto" always means the CPU.
-    """
-    if settings.device != "auto":
-        return settings
-    if float(cluster.get("GPU", 0.0)) <= 0:
-        return replace(settings, device="cpu")
-
-    def on_gpu(stage: StageResources) -> StageResources:
-        return stage if stage.num_gpus > 0 else replace(stage, num_gpus=1.0)
-
-    return replace(settings, device="cuda", sam=on_gpu(settings.sam), clip=on_gpu(settings.clip))
+    """Device "auto" decided for the cluster, for both model stages (see device_for_cluster)."""
+    device, sam = device_for_cluster(settings.device, settings.sam, cluster)
+    _, clip = device_for_cluster(settings.device, settings.clip, cluster)
+    return replace(settings, device=device, sam=sam, clip=clip)
 
 
 def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 
@@ -25,6 +25,19 @@ def init_ray(address: str | None) -> None:
         # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
         # instance, never whatever cluster happens to run on this machine.
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+
+
+def device_for_cluster(device: str, resources: StageResources, cluster: dict) -> tuple[str, StageResources]:
+    """Device "auto" decided for a cluster: CUDA, one GPU per actor unless a share is set, where it has GPUs.
+
+    Deciding inside an actor would not do: Ray hides every GPU from an actor that reserves none,
+    so there "auto" always means the CPU.
+    """
+    if device != "auto":
+        return device, resources
+    if float(cluster.get("GPU", 0.0)) <= 0:
+        return "cpu", resources
+    return "cuda", resources if resources.num_gpus > 0 else replace(resources, num_gpus=1.0)
 
 
 def actor_pool(resources: StageResources, actors: int | None = None, *, in_flight: int = 2) -> dict:

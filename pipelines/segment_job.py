@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
 
 from pipelines.dense import open_support_store
 from pipelines.images import load_image
-from pipelines.ray_pools import StageResources, actor_pool, init_ray
+from pipelines.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from pipelines.segment import MODES, SegmentSettings, Segmenter, uses_text
 from pipelines.segment_outputs import write_outputs
 from pipelines.sources import expand_sources
@@ -82,6 +82,8 @@ def segment_many(images: list[str], db: str, out_dir: str, request: SegmentReque
         raise ValueError(f"segment takes image files, not parquet ({expanded.parquet[0]})")
     check_request(db, settings, request)
     init_ray(address)
+    device, actors = device_for_cluster(settings.device, actors, ray.cluster_resources())
+    settings = replace(settings, device=device)
     files = expanded.files
     items = [{"index": index, "image": image, "name": name}
              for index, (image, name) in enumerate(zip(files, output_names(files)))]

@@ -25,7 +25,7 @@ from operators.rns_memory import pool_patches
 from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.dense import build_extractor, open_support_store
 from pipelines.images import load_image
-from pipelines.ray_pools import StageResources, actor_pool, init_ray
+from pipelines.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from pipelines.sources import read_bytes
 from pipelines.support_folder import read_labelled_folder
 from pipelines.support_labels import (
@@ -118,15 +118,16 @@ def ingest_folder(images_dir: str, labels_dir: str, classes_file: str, db: str, 
     folder = read_labelled_folder(images_dir, labels_dir, classes_file, max_pixels=settings.max_pixels)
     store = open_support_store(db, settings.models, create=True)
     init_ray(address)
+    device, actors = device_for_cluster(settings.device, settings.actors, ray.cluster_resources())
 
     items = [{"image": pair.image, "labels": pair.labels, "image_id": pair.image_id} for pair in folder.pairs]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // settings.actors.batch_size))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // actors.batch_size))
     dataset = dataset.map_batches(
         SupportStage,
-        fn_constructor_kwargs={"models": settings.models, "weights": settings.weights, "device": settings.device,
+        fn_constructor_kwargs={"models": settings.models, "weights": settings.weights, "device": device,
                                "dtype": settings.dtype, "set_name": set_name, "class_names": folder.classes,
-                               "max_pixels": settings.max_pixels, "threads": max(1, int(settings.actors.num_cpus))},
-        **actor_pool(settings.actors),
+                               "max_pixels": settings.max_pixels, "threads": max(1, int(actors.num_cpus))},
+        **actor_pool(actors),
     )
     per_image: list[list[dict]] = []
     failures: list[str] = []
