@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
 
 import ray
@@ -24,7 +25,12 @@ def init_ray(address: str | None) -> None:
     if not ray.is_initialized():
         # No address: the cluster this process was submitted to (RAY_ADDRESS), else a fresh local
         # instance, never whatever cluster happens to run on this machine.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+        with warnings.catch_warnings():
+            # Starting Ray locally forks this process, and LanceDB (imported) warns in every child
+            # that using it after a fork may deadlock. These children exec Ray's own programs at
+            # once and never touch LanceDB, so the warning does not apply to them.
+            warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
 
 
 def device_for_cluster(device: str, resources: StageResources, cluster: dict) -> tuple[str, StageResources]:
