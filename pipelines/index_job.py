@@ -41,7 +41,7 @@ class IndexSettings:
     # reach the writer at a time: small blocks keep results streaming and make a kill lose less.
     read_batch_size: int = 4
     # CPU reservations follow each stage's share of the work on a CPU-only node (per image, one
-    # thread: SAM 2 about 3/4, Alpha-CLIP 1/4, reading ~1%; benchmarks/index_throughput.py), so
+    # thread: SAM 2 about 3/4, Alpha-CLIP 1/4, reading ~1%; benchmarks/operators.py), so
     # the planner shares a node's cores out as the work is shared, over single-threaded actors:
     # separate processes scale over cores far better than torch's threads inside one SAM 2 call.
     # On GPU nodes the num_gpus reservations decide placement instead.
@@ -100,10 +100,11 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     if settings.retry_failed:
         store.forget_failed()
     init_ray(address)
-    settings = resolve_device(settings, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    settings = resolve_device(settings, cluster)
 
     known = ray.put(store.all_image_ids())
-    sam_actors, clip_actors = plan_actors(ray.cluster_resources(), settings)
+    sam_actors, clip_actors = plan_actors(cluster, settings)
     dataset = _read_stage(expanded, known, settings)
     dataset = dataset.map_batches(
         MaskStage,
