@@ -6,7 +6,7 @@ Both sides do the same work on the same images: read, hash, decode, SAM 2, Alpha
 to a fresh LanceDB directory; both include building the models (the pipeline's actors also
 import torch and the model libraries: the loop has them imported already). Ray itself is started
 once, before the timed runs. The loop gives torch every core; the pipeline runs its default plan
-(pipelines.index_job.plan_actors). Prints medians and the ratio pipeline / loop (images per second).
+(maskdex.pipelines.index.job.plan_actors). Prints medians and the ratio pipeline / loop (images per second).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import numpy as np
 import ray
 from PIL import Image
 
-from jobs.samples import write_samples
-from operators.presets import embedding_dim, get_preset
-from pipelines.index_job import IndexSettings, plan_actors, run_index, table_rows
-from pipelines.index_stages import EmbedStage, MaskStage, read_files
-from pipelines.sources import expand_sources
-from storage.index_store import IndexStore
+from maskdex.jobs.commands.samples import write_samples
+from maskdex.operators.registry.presets import embedding_dim, get_preset
+from maskdex.pipelines.index.job import IndexSettings, plan_actors, run_index, table_rows
+from maskdex.pipelines.index.stages import EmbedStage, MaskStage, read_files
+from maskdex.pipelines.common.sources import expand_sources
+from maskdex.storage.index_store import IndexStore
 
 
 def _corpus(directory: Path, count: int) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from skimage import data
 
-from operators.presets import alpha_clip_encoder, mask_generator
+from maskdex.operators.registry.presets import alpha_clip_encoder, mask_generator
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 

@@ -20,10 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from operators.rns import RNSSettings, prepare_training
-from operators.rns_memory import SupportMemory
-from operators.rns_train import head_probabilities, stack_training_sets, train_heads
-from operators.rns_units import patch_units
+from maskdex.operators.rns.method import RNSSettings, prepare_training
+from maskdex.operators.rns.memory import SupportMemory
+from maskdex.operators.rns.train import head_probabilities, stack_training_sets, train_heads
+from maskdex.operators.rns.units import patch_units
 
 DIM = 512
 GRID = (32, 32)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from benchmarks.synthetic_regions import clustered_embeddings, index_rows, queries_near
-from storage import IndexStore
+from maskdex.storage import IndexStore
 
 REGIONS_PER_IMAGE = 10
 COMMIT_ROWS = 50_000

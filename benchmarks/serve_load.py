@@ -126,11 +126,11 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from jobs.samples import write_samples
-    from jobs.serve.app import start
-    from jobs.serve.config import parse_config
-    from pipelines.index_job import IndexSettings, run_index
-    from pipelines.search import TextSearcher
+    from maskdex.jobs.commands.samples import write_samples
+    from maskdex.jobs.serve.app import start
+    from maskdex.jobs.serve.config import parse_config
+    from maskdex.pipelines.index.job import IndexSettings, run_index
+    from maskdex.pipelines.search import TextSearcher
 
     with tempfile.TemporaryDirectory() as scratch:
         photos = write_samples(Path(scratch) / "photos")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import demo, eval_cmds, index_cmds, samples, segment_cmds, serve_cmds
+from maskdex.jobs.commands import demo, evaluate, index, samples, segment, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,20 +14,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Object-level image search and few-shot segmentation at scale, on Ray.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    index_cmds.add_parsers(commands)
-    segment_cmds.add_parsers(commands)
-    serve_cmds.add_parser(commands)
+    index.add_parsers(commands)
+    segment.add_parsers(commands)
+    serve.add_parser(commands)
     samples.add_parser(commands)
     demo.add_parser(commands)
-    eval_cmds.add_parsers(commands)
+    evaluate.add_parsers(commands)
     presets = commands.add_parser("presets", help="list the model presets and the weight files they need")
     presets.set_defaults(run=_list_presets)
     return parser
 
 
 def _list_presets(args) -> int:
-    from operators.presets import PRESETS
-    from operators.weights import weights_dir
+    from maskdex.operators.registry.presets import PRESETS
+    from maskdex.operators.registry.weights import weights_dir
 
     print(f"weights directory: {weights_dir()}")
     for preset in PRESETS.values():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.presets import alpha_clip_encoder, get_preset
-from operators.prompts import IMAGENET_TEMPLATES
-from storage.index_store import IndexStore
+from maskdex.operators.registry.presets import alpha_clip_encoder, get_preset
+from maskdex.operators.common.prompts import IMAGENET_TEMPLATES
+from maskdex.storage.index_store import IndexStore
 
 
 class TextSearcher:

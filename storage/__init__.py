@@ -1,6 +1,6 @@
 """LanceDB storage: table schemas, writers, readers and indexes."""
 
-from storage.index_store import IndexStore, ModelMismatchError
-from storage.support_store import SupportArrays, SupportStore
+from maskdex.storage.index_store import IndexStore, ModelMismatchError
+from maskdex.storage.support_store import SupportArrays, SupportStore
 
 __all__ = ["IndexStore", "ModelMismatchError", "SupportArrays", "SupportStore"]

@@ -14,8 +14,8 @@ import lancedb
 import numpy as np
 import pyarrow.compute as pc
 
-from storage import rows, schemas, search as region_search, vector_index
-from storage.schemas import IMAGES, REGIONS
+from maskdex.storage import rows, schemas, search as region_search, vector_index
+from maskdex.storage.schemas import IMAGES, REGIONS
 
 # Every read first checks for a newer table version (a fraction of a millisecond on a local
 # disk): several writers may share one database, and a long-lived searcher must see new commits.

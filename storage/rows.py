@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from storage import schemas
+from maskdex.storage import schemas
 
 IMAGE_FIELDS = ("image_id", "uri", "status")
 OK_IMAGE_FIELDS = ("width", "height", "embedding")

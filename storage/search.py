@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from storage import vector_index
+from maskdex.storage import vector_index
 
 FILTER_KEYS = ("min_area", "max_area", "image_ids")
 _REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]

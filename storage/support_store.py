@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage import schemas
-from storage.index_store import ModelMismatchError
-from storage.search import sql_string, sql_strings
-from storage.schemas import SUPPORTS
+from maskdex.storage import schemas
+from maskdex.storage.index_store import ModelMismatchError
+from maskdex.storage.search import sql_string, sql_strings
+from maskdex.storage.schemas import SUPPORTS
 
 # A long-lived segmenter must see examples added by other processes at its next call.
 _READ_CONSISTENCY = timedelta(0)

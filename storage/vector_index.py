@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from lancedb.index import BTree, IvfPq
 
-from storage.schemas import IMAGES, REGIONS
+from maskdex.storage.schemas import IMAGES, REGIONS
 
 METRIC = "cosine"
 VECTOR_COLUMN = "embedding"

@@ -19,8 +19,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from jobs.serve.config import MaskdexConfig
-from jobs.serve.inputs import (
+from maskdex.jobs.serve.config import MaskdexConfig
+from maskdex.jobs.serve.inputs import (
     BadInput,
     SearchRequest,
     SegmentRequest,
@@ -35,7 +35,7 @@ from jobs.serve.inputs import (
 )
 
 log = logging.getLogger("maskdex.serve")
-STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
 # Form fields are short (a set name, a class list); anything longer is not a real client.
 _MAX_FORM_FIELD = 64 * 1024
@@ -109,7 +109,7 @@ async def _model_call(response):
 
 # Defined before the deployment: Serve serialises its class when the decorator runs.
 def _read_indexed(row: dict) -> bytes:
-    from pipelines.sources import read_bytes
+    from maskdex.pipelines.common.sources import read_bytes
 
     return read_bytes(row["uri"])
 
@@ -278,7 +278,7 @@ class Api:
 
     def _index_store(self):
         if self._index is None:
-            from storage.index_store import IndexStore
+            from maskdex.storage.index_store import IndexStore
 
             self._index = IndexStore.open(self.config.db, models=None, embed_dim=None, read_only=True)
         return self._index

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from jobs.serve.config import ServiceConfig, load_config, parse_config
+from maskdex.jobs.serve.config import ServiceConfig, load_config, parse_config
 
 APP_NAME = "maskdex"
 # How many requests a replica takes at once unless configured: the encoder must hold several batches
@@ -22,8 +22,8 @@ def build_app(args: dict):
 
 
 def build(config: ServiceConfig):
-    from jobs.serve.api import Api
-    from jobs.serve.models import SegmenterModel, TextEncoder
+    from maskdex.jobs.serve.api import Api
+    from maskdex.jobs.serve.models import SegmenterModel, TextEncoder
 
     settings = config.maskdex.model_dump()
 
@@ -44,7 +44,7 @@ def start(config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, a
     import ray
     from ray import serve
 
-    from pipelines.ray_pools import init_ray
+    from maskdex.pipelines.common.ray_pools import init_ray
 
     if not ray.is_initialized():
         init_ray(address)

@@ -13,7 +13,7 @@ from typing import Literal
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from jobs.serve.config import Limits
+from maskdex.jobs.serve.config import Limits
 
 _IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 _SEED_MAX = 2**31 - 1

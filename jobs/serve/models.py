@@ -14,7 +14,7 @@ import threading
 import numpy as np
 from ray import serve
 
-from jobs.serve.config import MaskdexConfig
+from maskdex.jobs.serve.config import MaskdexConfig
 
 
 @serve.deployment(name="TextEncoder")
@@ -22,7 +22,7 @@ class TextEncoder:
     """TextSearcher split in two: queries are embedded in batches, then each looks up its own results."""
 
     def __init__(self, config: dict):
-        from pipelines.search import TextSearcher
+        from maskdex.pipelines.search import TextSearcher
 
         settings = MaskdexConfig.model_validate(config)
         self.searcher = TextSearcher(settings.db, weights=settings.weights, device=settings.device)
@@ -30,7 +30,7 @@ class TextEncoder:
         self._embed.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
 
     async def search(self, text: str, k: int, oversample: int, templates: bool, filters: dict | None) -> list[dict]:
-        from pipelines.search import check_query_text
+        from maskdex.pipelines.search import check_query_text
 
         check_query_text(text)
         query = await self._embed((text, templates))
@@ -52,12 +52,12 @@ class TextEncoder:
 
 @serve.deployment(name="Segmenter")
 class SegmenterModel:
-    """One pipelines.segment.Segmenter per replica; it re-reads the support memory's version at every
+    """One maskdex.pipelines.fewshot.segmenter.Segmenter per replica; it re-reads the support memory's version at every
     call, so an example added through any replica is used by the next segmentation on all of them."""
 
     def __init__(self, config: dict):
-        from operators.rns import RNSSettings
-        from pipelines.segment import SegmentSettings, Segmenter
+        from maskdex.operators.rns.method import RNSSettings
+        from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
 
         settings = MaskdexConfig.model_validate(config)
         self.segmenter = Segmenter(settings.db, SegmentSettings(
@@ -68,8 +68,8 @@ class SegmenterModel:
 
     def segment(self, image: bytes, set_name: str, classes: list[str] | None, mode: str, shots_only: bool,
                 seed: int, image_id: str | None) -> dict:
-        from operators import rle
-        from pipelines.segment_outputs import colours, labels_image
+        from maskdex.operators.common import rle
+        from maskdex.pipelines.fewshot.outputs import colours, labels_image
 
         with self._lock:
             result = self.segmenter.segment(image, set_name, classes, mode=mode, shots_only=shots_only, seed=seed,
@@ -82,7 +82,7 @@ class SegmenterModel:
                 "masks": masks}
 
     def add_example(self, set_name: str, image: bytes, label_png: bytes, class_names: list[str]) -> dict:
-        from pipelines.support_labels import read_label_map
+        from maskdex.pipelines.fewshot.labels import read_label_map
 
         labels = read_label_map(label_png)
         with self._lock:

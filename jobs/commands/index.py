@@ -1,0 +1,106 @@
+"""`maskdex index`, `search`, `build-index` and `stats`."""
+
+from __future__ import annotations
+
+import json
+
+from maskdex.jobs.arguments import add_db, positive_int
+
+
+def add_parsers(commands) -> None:
+    index = commands.add_parser("index", help="index images (files, folders, globs, s3:// or gs:// URIs, parquet)")
+    index.add_argument("sources", nargs="+", metavar="SOURCE")
+    add_db(index)
+    index.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
+    index.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
+    index.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
+    index.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    index.add_argument("--sam-actors", type=positive_int, default=None,
+                       help="most SAM 2 actors (default: as many as the cluster can place)")
+    index.add_argument("--clip-actors", type=positive_int, default=None,
+                       help="most Alpha-CLIP actors (default: one, plus as many as fit beside SAM 2's)")
+    index.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="GPUs each model actor reserves (default: 1 with --device cuda, or auto on a "
+                            "cluster with GPUs; else 0)")
+    index.add_argument("--points-per-side", type=positive_int, default=None, help="SAM 2 point grid side")
+    index.add_argument("--max-masks", type=positive_int, default=None, help="cap on masks per image")
+    index.add_argument("--min-area", type=int, default=None, help="smallest mask kept, in pixels")
+    index.add_argument("--commit-every", type=positive_int, default=16, help="images per database commit")
+    index.add_argument("--retry-failed", action="store_true", help="index again the images that failed before")
+    index.add_argument("--no-build-index", action="store_true", help="do not build the vector index afterwards")
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    index.set_defaults(run=run_index)
+
+    search = commands.add_parser("search", help="find images by text; ranked by their best-matching region")
+    search.add_argument("text", metavar="TEXT")
+    add_db(search)
+    search.add_argument("-k", type=positive_int, default=10, help="images to return (default 10)")
+    search.add_argument("--templates", action="store_true", help="average the query over CLIP prompt templates")
+    search.add_argument("--weights-dir", default=None)
+    search.add_argument("--json", action="store_true", help="print results as JSON")
+    search.set_defaults(run=run_search)
+
+    build = commands.add_parser("build-index", help="build or refresh the vector and scalar indexes")
+    add_db(build)
+    build.add_argument("--force", action="store_true", help="build the vector index even on a small table")
+    build.set_defaults(run=run_build_index)
+
+    stats = commands.add_parser("stats", help="what a database holds")
+    add_db(stats)
+    stats.set_defaults(run=run_stats)
+
+
+def run_index(args) -> int:
+    from dataclasses import replace
+
+    from maskdex.pipelines.index.job import IndexSettings
+    from maskdex.pipelines.index.job import run_index as index
+
+    on_gpu = args.device.startswith("cuda")
+    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if on_gpu else 0.0)
+    mask_settings = {name: value for name, value in (("points_per_side", args.points_per_side),
+                                                      ("max_masks", args.max_masks),
+                                                      ("min_area", args.min_area)) if value is not None}
+    defaults = IndexSettings()
+    settings = IndexSettings(
+        models=args.models, weights=args.weights_dir, device=args.device, mask_settings=mask_settings,
+        sam=replace(defaults.sam, max_actors=args.sam_actors, num_gpus=gpus),
+        clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus),
+        commit_every=args.commit_every, retry_failed=args.retry_failed, build_index=not args.no_build_index,
+    )
+    summary = index(args.sources, args.db, settings, address=args.address)
+    print(json.dumps(summary.as_dict(), indent=2, default=str) if args.json else summary.render())
+    return 0
+
+
+def run_search(args) -> int:
+    from maskdex.pipelines.search import TextSearcher
+
+    results = TextSearcher(args.db, weights=args.weights_dir).search(args.text, k=args.k, templates=args.templates)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    if not results:
+        print("no results (is the database empty?)")
+    print(f"{'rank':>4} {'score':>7}  {'region box (x, y, w, h)':>24}  uri")
+    for rank, result in enumerate(results, 1):
+        print(f"{rank:4d} {result['score']:7.3f}  {str(tuple(result['region']['bbox'])):>24}  {result['uri']}")
+    return 0
+
+
+def run_build_index(args) -> int:
+    from maskdex.storage.index_store import IndexStore
+
+    built = IndexStore.open(args.db, models=None, embed_dim=None, create=False).build_index(force=args.force)
+    print(json.dumps(built, indent=2, default=str))
+    return 0
+
+
+def run_stats(args) -> int:
+    from maskdex.storage.index_store import IndexStore
+
+    print(json.dumps(IndexStore.open(args.db, models=None, embed_dim=None, read_only=True).stats(), indent=2,
+                     default=str))
+    return 0
+
+

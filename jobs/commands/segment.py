@@ -1,0 +1,149 @@
+"""`maskdex supports add|list|remove` and `maskdex segment`."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from maskdex.jobs.arguments import add_db, positive_int
+
+
+def add_parsers(commands) -> None:
+    supports = commands.add_parser("supports", help="manage support sets: labelled examples for few-shot segmentation")
+    actions = supports.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="add a labelled folder to a support set (all of it, or nothing)")
+    add_db(add)
+    add.add_argument("--set", required=True, dest="set_name", help="support set name (created on first add)")
+    add.add_argument("--images", required=True, help="folder of images")
+    add.add_argument("--labels", required=True,
+                     help="folder of PNG label maps, one per image with the same stem (class indices, 255 = ignore)")
+    add.add_argument("--classes", required=True,
+                     help="file with one class per line, line n naming label n; '@name' marks an example-only class")
+    _models(add)
+    add.add_argument("--actors", type=positive_int, default=1, help="most feature actors (default 1)")
+    add.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add.set_defaults(run=run_add)
+
+    listing = actions.add_parser("list", help="the support sets, their classes and example counts")
+    add_db(listing)
+    listing.add_argument("--json", action="store_true", help="print {set: {class: images}} as JSON")
+    listing.set_defaults(run=run_list)
+
+    remove = actions.add_parser("remove", help="remove a support set, or one class of it")
+    add_db(remove)
+    remove.add_argument("--set", required=True, dest="set_name")
+    remove.add_argument("--class", dest="class_name", default=None, help="remove only this class")
+    remove.set_defaults(run=run_remove)
+
+    segment = commands.add_parser("segment", help="segment images with a support set (RNS)")
+    segment.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or folders, globs)")
+    add_db(segment)
+    segment.add_argument("--set", required=True, dest="set_name", help="support set to segment with")
+    segment.add_argument("--classes", type=_class_list, default=None,
+                         help="comma-separated classes, in label-id order (default: all of the set's, sorted)")
+    segment.add_argument("--mode", choices=("patch", "region"), default="patch",
+                         help="classify patches, or SAM 2 regions (the index's, for indexed images)")
+    segment.add_argument("--shots-only", action="store_true", help="use the examples only, not the class names")
+    segment.add_argument("--out", required=True, help="folder for NAME.labels.png, NAME.overlay.png, NAME.json")
+    segment.add_argument("--seed", type=int, default=0, help="seed of the per-image classifier's initialisation")
+    _models(segment)
+    segment.add_argument("--actors", type=positive_int, default=1,
+                         help="most segmenter actors when there are several images (default 1)")
+    segment.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    segment.set_defaults(run=run_segment)
+
+
+def _models(parser) -> None:
+    parser.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
+    parser.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
+
+
+def _class_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
+
+
+def _resources(args):
+    from maskdex.pipelines.common.ray_pools import StageResources
+
+    return StageResources(max_actors=args.actors, num_cpus=1.0, num_gpus=1.0 if args.device.startswith("cuda") else 0.0)
+
+
+def run_add(args) -> int:
+    from maskdex.pipelines.fewshot.supports import SupportSettings, ingest_folder
+
+    settings = SupportSettings(models=args.models, weights=args.weights_dir, device=args.device,
+                               actors=_resources(args))
+    summary = ingest_folder(args.images, args.labels, args.classes, args.db, args.set_name, settings,
+                            address=args.address)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
+    return 0
+
+
+def run_list(args) -> int:
+    from maskdex.storage.support_store import SupportStore
+
+    sets = SupportStore.open(args.db, dense_model=None, embed_dim=None, create=False).list_sets()
+    if args.json:
+        print(json.dumps(sets, indent=2))
+        return 0
+    if not sets:
+        print("no support sets")
+    for set_name, classes in sets.items():
+        print(f"{set_name}: {len(classes)} classes")
+        for class_name, images in classes.items():
+            print(f"  {class_name}: {images} images")
+    return 0
+
+
+def run_remove(args) -> int:
+    from maskdex.storage.support_store import SupportStore
+
+    store = SupportStore.open(args.db, dense_model=None, embed_dim=None, create=False)
+    if args.class_name is None:
+        rows = store.remove_set(args.set_name)
+        print(f"removed support set {args.set_name!r} ({rows} class prototypes)")
+    else:
+        rows = store.remove_class(args.set_name, args.class_name)
+        print(f"removed class {args.class_name!r} from support set {args.set_name!r} ({rows} class prototypes)")
+    return 0
+
+
+def run_segment(args) -> int:
+    from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
+    from maskdex.pipelines.fewshot.segment_job import SegmentRequest, check_request, output_names, segment_many, segment_to_files
+
+    settings = SegmentSettings(models=args.models, weights=args.weights_dir, device=args.device)
+    request = SegmentRequest(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
+                             args.shots_only, args.seed)
+    if len(args.images) == 1 and not _expands(args.images[0]):
+        # One image is quicker in this process than on a Ray job; errors about it are errors of the command.
+        check_request(args.db, settings, request)
+        image = args.images[0]
+        summaries = [segment_to_files(Segmenter(args.db, settings), image, args.out, output_names([image])[0], request)]
+        if "error" in summaries[0]:
+            raise ValueError(summaries[0]["error"])
+    else:
+        summaries = segment_many(args.images, args.db, args.out, request, settings, _resources(args),
+                                 address=args.address)
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    else:
+        for summary in summaries:
+            print(_render(summary))
+    return 1 if any("error" in summary for summary in summaries) else 0
+
+
+def _expands(image: str) -> bool:
+    return os.path.isdir(image) or glob.has_magic(image)
+
+
+def _render(summary: dict) -> str:
+    if "error" in summary:
+        return f"{summary['image']}: failed: {summary['error']}"
+    shares = ", ".join(f"{name} {100 * summary['pixel_fractions'][name]:.1f}%" for name in summary["found"])
+    note = "  (zero-shot: no class had examples)" if summary["used_fallback"] else ""
+    return f"{summary['image']}: {shares}{note}\n  -> {summary['outputs']['overlay']}"

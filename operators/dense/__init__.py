@@ -1,0 +1,1 @@
+"""MaskCLIP dense patch features, the features RNS classifies."""

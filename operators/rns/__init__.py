@@ -1,0 +1,1 @@
+"""Retrieve and Segment: the support memory, test units, per-image head training, the method and baselines."""

@@ -1,0 +1,96 @@
+"""What RNS classifies in a test image, patches or SAM regions, and how their scores become a label map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from maskdex.operators.rns.memory import pool_patches
+
+
+@dataclass(frozen=True)
+class TestUnits:
+    """The n units of one test image: their features (n, D), L2-normalised, and how to paint them.
+
+    Patch mode: grid is the (h, w) patch grid and region_map is None; scores are upsampled
+    bilinearly to image_size before the argmax. Region mode: region_map (H, W) gives each pixel's
+    unit, and each region's argmax is painted onto its pixels.
+    """
+
+    features: torch.Tensor
+    image_size: tuple[int, int]
+    grid: tuple[int, int] | None = None
+    region_map: torch.Tensor | None = None
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __post_init__(self):
+        if self.features.ndim != 2:
+            raise ValueError(f"unit features must be (n, D), got shape {tuple(self.features.shape)}")
+        if (self.grid is None) == (self.region_map is None):
+            raise ValueError("TestUnits needs exactly one of grid (patch mode) and region_map (region mode)")
+
+    def labels(self, scores: torch.Tensor) -> torch.Tensor:
+        """(H, W) int64 argmax labels from (n, C) per-unit scores."""
+        if scores.ndim != 2 or scores.shape[0] != self.features.shape[0]:
+            raise ValueError(f"expected ({self.features.shape[0]}, C) scores, got {tuple(scores.shape)}")
+        if self.region_map is not None:
+            return scores.argmax(dim=1).cpu()[self.region_map]
+        return upsample_argmax(scores.reshape(*self.grid, -1), self.image_size)
+
+
+def patch_units(features: torch.Tensor, image_size: tuple[int, int]) -> TestUnits:
+    """Every patch of an (h, w, D) grid is a unit."""
+    if features.ndim != 3:
+        raise ValueError(f"expected (h, w, D) patch features, got shape {tuple(features.shape)}")
+    h, w, dim = features.shape
+    return TestUnits(F.normalize(features.reshape(h * w, dim), dim=-1), tuple(image_size), grid=(h, w))
+
+
+def region_units(features: torch.Tensor, masks: torch.Tensor) -> TestUnits:
+    """Every painted region (see paint_regions) is a unit; its feature pools the patches it covers."""
+    region_map = paint_regions(masks)
+    _, pooled = pool_patches(features, region_map, ignore_index=None)  # regions are 0..R-1, in order
+    return TestUnits(pooled, tuple(region_map.shape), region_map=region_map)
+
+
+def paint_regions(masks: torch.Tensor) -> torch.Tensor:
+    """(H, W) int64 region map from (N, H, W) boolean masks, regions numbered 0..R-1.
+
+    Masks are painted smallest first, so larger masks overwrite smaller ones (as the authors'
+    code does); pixels no mask covers form one more region. Masks left with no pixel vanish.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) masks, got shape {tuple(masks.shape)}")
+    masks = masks.bool().cpu()
+    uncovered = len(masks)
+    region_map = torch.full(masks.shape[1:], uncovered, dtype=torch.long)
+    areas = masks.flatten(1).sum(dim=1)
+    for index in torch.argsort(areas, stable=True).tolist():
+        region_map[masks[index]] = index
+    _, compact = torch.unique(region_map, return_inverse=True)
+    return compact
+
+
+def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+    """(H, W) argmax over classes of (h, w, C) scores upsampled bilinearly to size.
+
+    Bilinear upsampling is linear and per class, so classes are upsampled a chunk at a time: the
+    full (C, H, W) stack is never held.
+    """
+    if scores.ndim != 3:
+        raise ValueError(f"expected (h, w, C) scores, got shape {tuple(scores.shape)}")
+    planes = scores.permute(2, 0, 1)[None].float()
+    best = labels = None
+    for start in range(0, planes.shape[1], chunk):
+        up = F.interpolate(planes[:, start : start + chunk], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        value, index = up.max(dim=0)
+        if best is None:
+            best, labels = value, index + start
+        else:
+            better = value > best
+            best = torch.where(better, value, best)
+            labels = torch.where(better, index + start, labels)
+    return labels.cpu()

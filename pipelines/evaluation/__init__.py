@@ -1,0 +1,1 @@
+"""Evaluation jobs: segmentation data sets and support sampling, the sharded mIoU job, retrieval mAP, reports."""

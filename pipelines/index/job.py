@@ -1,0 +1,240 @@
+"""The index job: image sources -> SAM 2 masks -> Alpha-CLIP embeddings -> LanceDB, on Ray Data.
+
+Reading, hashing and decoding run as CPU tasks, the two models on actor pools (GPU actors on a GPU
+cluster, CPU actors here). Results stream back to this driver, the one writer, which commits them
+in batches: regions first, then the images rows that mark them done. A killed job loses only the
+uncommitted batch, and the next run skips everything already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from maskdex.operators.registry.presets import embedding_dim, get_preset
+from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
+from maskdex.pipelines.index.stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
+from maskdex.pipelines.common.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
+from maskdex.storage.index_store import IndexStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    models: str = "tiny"
+    weights: str | None = None
+    device: str = "auto"
+    dtype: str | None = "bfloat16"
+    mask_settings: dict = field(default_factory=dict)  # overrides of the preset's MaskSettings
+    context: float | None = 0.5  # Alpha-CLIP crop margin around each region's box
+    max_side: int = 1024  # images are downscaled to this before SAM 2 (it works at 1024 anyway)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Files per block. A block moves through the stages as one unit, so this is also how many images
+    # reach the writer at a time: small blocks keep results streaming and make a kill lose less.
+    read_batch_size: int = 4
+    # CPU reservations follow each stage's share of the work on a CPU-only node (per image, one
+    # thread: SAM 2 about 3/4, Alpha-CLIP 1/4, reading ~1%; benchmarks/operators.py), so
+    # the planner shares a node's cores out as the work is shared, over single-threaded actors:
+    # separate processes scale over cores far better than torch's threads inside one SAM 2 call.
+    # On GPU nodes the num_gpus reservations decide placement instead.
+    read_num_cpus: float = 0.25
+    sam: StageResources = StageResources(max_actors=None, num_cpus=0.75)
+    clip: StageResources = StageResources(max_actors=None, num_cpus=0.25)
+    commit_every: int = 16
+    retry_failed: bool = False
+    build_index: bool = True
+
+
+@dataclass
+class IndexSummary:
+    inputs: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # already in the database before this run
+    duplicates: int = 0  # same bytes as another input of this run
+    regions: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its SAM 2 actors handled
+    index: dict | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**{k: v for k, v in self.__dict__.items() if k != "failures"},
+                "failures": [{"uri": u, "error": e} for u, e in self.failures],
+                "images_per_second": round(self.images_per_second, 3)}
+
+    def render(self) -> str:
+        lines = [
+            f"indexed {self.inputs} inputs in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
+            f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped}, duplicates {self.duplicates}",
+            f"  regions written {self.regions}",
+        ]
+        if len(self.nodes) > 1:
+            lines.append("  images per node: " + ", ".join(f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
+        lines += [f"  failed: {uri}: {error}" for uri, error in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more failures (status 'failed' in the images table)")
+        if self.index:
+            lines.append(f"  vector index: {json.dumps(self.index, default=str)}")
+        return "\n".join(lines)
+
+
+def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettings(),
+              address: str | None = None) -> IndexSummary:
+    started = time.perf_counter()
+    preset = get_preset(settings.models)
+    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    expanded = expand_sources(sources)
+    if settings.retry_failed:
+        store.forget_failed()
+    init_ray(address)
+    cluster = ray.cluster_resources()
+    settings = resolve_device(settings, cluster)
+
+    known = ray.put(store.all_image_ids())
+    sam_actors, clip_actors = plan_actors(cluster, settings)
+    dataset = _read_stage(expanded, known, settings)
+    dataset = dataset.map_batches(
+        MaskStage,
+        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
+                               "dtype": settings.dtype, "settings": settings.mask_settings,
+                               "threads": max(1, int(settings.sam.num_cpus))},
+        **actor_pool(settings.sam, sam_actors),
+    )
+    dataset = dataset.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
+                               "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
+                               "threads": max(1, int(settings.clip.num_cpus))},
+        **actor_pool(settings.clip, clip_actors),
+    )
+
+    summary = IndexSummary()
+    seen: set[str] = set()
+    for batch in dataset.iter_batches(batch_size=settings.commit_every, batch_format="numpy"):
+        images, regions = [], []
+        for row in _rows(batch):
+            summary.inputs += 1
+            if row["status"] == SKIPPED:
+                summary.skipped += 1
+                continue
+            if row["image_id"] in seen:
+                summary.duplicates += 1
+                continue
+            seen.add(row["image_id"])
+            image_row, region_rows = table_rows(row, preset.fingerprint)
+            images.append(image_row)
+            regions.extend(region_rows)
+            summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
+            if row["status"] == OK:
+                summary.ok += 1
+                summary.regions += len(region_rows)
+            else:
+                summary.failed += 1
+                summary.failures.append((row["uri"], row["error"]))
+        if images:
+            store.commit(images, regions)
+    if settings.build_index:
+        summary.index = store.maybe_build_index()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
+    """Device "auto" decided for the cluster, for both model stages (see device_for_cluster)."""
+    device, sam = device_for_cluster(settings.device, settings.sam, cluster)
+    _, clip = device_for_cluster(settings.device, settings.clip, cluster)
+    return replace(settings, device=device, sam=sam, clip=clip)
+
+
+def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
+    """How many SAM 2 and Alpha-CLIP actors to start so that all of them, and one read task, fit.
+
+    One Alpha-CLIP actor and one read task are set aside first, the rest goes to SAM 2 (the slow
+    stage), then what remains to more Alpha-CLIP actors. Each stage gets at least one actor, and at
+    most its max_actors (None: no cap).
+    """
+    for stage in (settings.sam, settings.clip):
+        if stage.max_actors is not None and stage.max_actors < 1:
+            raise ValueError(f"max_actors must be >= 1 or None, got {stage.max_actors}")
+    cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
+    sam, clip = settings.sam, settings.clip
+    free = {"CPU": cpus - settings.read_num_cpus - clip.num_cpus, "GPU": gpus - clip.num_gpus}
+
+    def fits(stage: StageResources, budget: dict) -> int:
+        counts = [int(budget[key] // need + 1e-9) for key, need in (("CPU", stage.num_cpus), ("GPU", stage.num_gpus))
+                  if need > 0]
+        return min(counts) if counts else (stage.max_actors or 1)
+
+    def capped(stage: StageResources, count: int) -> int:
+        return max(1, count if stage.max_actors is None else min(stage.max_actors, count))
+
+    sam_actors = capped(sam, fits(sam, free))
+    free = {"CPU": free["CPU"] - sam_actors * sam.num_cpus, "GPU": free["GPU"] - sam_actors * sam.num_gpus}
+    clip_actors = capped(clip, 1 + fits(clip, free))
+    return sam_actors, clip_actors
+
+
+def _read_stage(expanded, known, settings: IndexSettings):
+    common = {"known": known, "max_pixels": settings.max_pixels, "max_side": settings.max_side}
+    parts = []
+    if expanded.files:
+        blocks = -(-len(expanded.files) // settings.read_batch_size)
+        items = ray.data.from_items([{"uri": uri} for uri in expanded.files], override_num_blocks=blocks)
+        parts.append(items.map_batches(read_files, fn_kwargs=common, num_cpus=settings.read_num_cpus,
+                                       batch_size=settings.read_batch_size, batch_format="numpy"))
+    if expanded.parquet:
+        schema = pq.read_schema(expanded.parquet[0]) if "://" not in expanded.parquet[0] else None
+        names = set(schema.names) if schema is not None else set(PARQUET_BYTES_COLUMNS)
+        bytes_column = next((c for c in PARQUET_BYTES_COLUMNS if c in names), None)
+        if bytes_column is None:
+            raise SourceError(f"parquet file {expanded.parquet[0]} has no image-bytes column "
+                              f"(looked for {', '.join(PARQUET_BYTES_COLUMNS)}; it has {', '.join(sorted(names))})")
+        key_column = next((c for c in ("key", "url") if c in names), None)
+        columns = [bytes_column] + ([key_column] if key_column else [])
+        rows = ray.data.read_parquet(expanded.parquet, columns=columns, include_paths=True)
+        parts.append(rows.map_batches(read_parquet_rows,
+                                      fn_kwargs={**common, "bytes_column": bytes_column, "key_column": key_column},
+                                      num_cpus=settings.read_num_cpus, batch_size=settings.read_batch_size,
+                                      batch_format="numpy"))
+    if not parts:
+        raise SourceError("the sources name no image file")
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _rows(batch: dict[str, np.ndarray]):
+    for index in range(len(batch["uri"])):
+        yield {key: values[index] for key, values in batch.items()}
+
+
+def table_rows(row: dict, models: str) -> tuple[dict, list[dict]]:
+    ok = row["status"] == OK
+    regions = json.loads(row["regions"]) if ok else []
+    embeddings = row["region_embeddings"]
+    region_rows = [
+        {"region_id": f"{row['image_id']}:{n}", "image_id": str(row["image_id"]), "rle": region["rle"],
+         "bbox": [int(v) for v in region["bbox"]], "area": int(region["area"]),
+         "predicted_iou": float(region["predicted_iou"]), "stability_score": float(region["stability_score"]),
+         "embedding": np.asarray(embeddings[n], dtype=np.float32)}
+        for n, region in enumerate(regions)
+    ]
+    image_row = {
+        "image_id": str(row["image_id"]), "uri": str(row["uri"]), "width": int(row["width"]),
+        "height": int(row["height"]), "status": OK if ok else FAILED, "error": None if ok else str(row["error"]),
+        "n_regions": len(region_rows),
+        "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
+        "models": models,
+    }
+    return image_row, region_rows

@@ -1,0 +1,56 @@
+"""The query service for the tests in this folder: a small tiny-preset index built once per session, and the
+real application started on the local Ray (loopback, a free port) once per test module."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+from skimage import data
+
+from tests.support.ports import free_port
+from tests.support.service import PHOTOS, Service, service_config
+
+
+@pytest.fixture(scope="session")
+def serve_db(tmp_path_factory, ray_local) -> tuple[str, dict[str, Path]]:
+    """A tiny-preset index of three small photos."""
+    from maskdex.pipelines.index.job import run_index
+    from tests.support.corpus import index_settings
+
+    root = tmp_path_factory.mktemp("serve_corpus")
+    photos = {}
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        image.thumbnail((160, 160))
+        photos[name] = root / f"{name}.jpg"
+        image.save(photos[name], quality=90)
+    db = str(tmp_path_factory.mktemp("serve_db") / "db")
+    run_index([str(path) for path in photos.values()], db, index_settings(commit_every=4))
+    return db, photos
+
+
+@pytest.fixture(scope="module")
+def service(serve_db, ray_local) -> Service:
+    from ray import serve
+
+    from maskdex.jobs.serve.app import start
+    from maskdex.jobs.serve.config import parse_config
+
+    db, photos = serve_db
+    url = start(parse_config(service_config(db)), host="127.0.0.1", port=free_port())
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service at {url} did not answer /healthz")
+        time.sleep(0.5)
+    yield Service(url, db, photos)
+    serve.shutdown()

@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from maskdex.operators.rns.train import (
+    TrainingSet,
+    head_probabilities,
+    init_heads,
+    rns_loss,
+    row_weights,
+    stack_training_sets,
+    train_heads,
+)
+
+RELEVANCE = torch.tensor([0.25, 0.75])
+# One retrieved row (class 0), one fused row (class 1, factor 1.5), one pseudo row (soft target, factor 0.2).
+ROWS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2**-0.5, 2**-0.5]])
+TARGETS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]])
+LABELS = torch.tensor([0, 1, 1])  # the pseudo row's label is its target's argmax
+FACTORS = torch.tensor([1.0, 1.5, 0.2])
+
+
+def test_row_weights_normalise_relevance_over_all_rows():
+    # w[label] = 0.25, 0.75, 0.75; their sum is 1.75
+    expected = torch.tensor([1.0 * 0.25 / 1.75, 1.5 * 0.75 / 1.75, 0.2 * 0.75 / 1.75])
+    torch.testing.assert_close(row_weights(LABELS, FACTORS, RELEVANCE), expected)
+    with pytest.raises(ValueError, match="labels and factors"):
+        row_weights(LABELS, FACTORS[:2], RELEVANCE)
+
+
+def test_loss_for_a_fixed_head_matches_the_hand_computation():
+    weight = torch.eye(2)
+    bias = torch.tensor([0.0, 0.5])
+    logits = ROWS @ weight.T + bias  # (1, 0.5), (0, 1.5), (0.707, 1.207)
+    ce_retrieved = math.log(1 + math.exp(-0.5))
+    ce_fused = math.log(1 + math.exp(-1.5))
+    q0, q1 = 1 / (1 + math.exp(0.5)), 1 / (1 + math.exp(-0.5))
+    kl_pseudo = 0.3 * math.log(0.3 / q0) + 0.7 * math.log(0.7 / q1)
+    w = [0.25 / 1.75, 0.75 / 1.75, 0.75 / 1.75]
+    expected = (w[0] * ce_retrieved + 1.5 * w[1] * ce_fused + 0.2 * w[2] * kl_pseudo) / 3
+
+    batch = stack_training_sets([TrainingSet(ROWS, TARGETS, row_weights(LABELS, FACTORS, RELEVANCE))])
+    assert rns_loss(logits[None], batch).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_padding_rows_do_not_change_an_images_loss():
+    short = TrainingSet(ROWS[:2], TARGETS[:2], torch.tensor([0.4, 0.6]))
+    long = TrainingSet(ROWS, TARGETS, torch.tensor([0.2, 0.3, 0.5]))
+    batch = stack_training_sets([short, long])
+    assert batch.features.shape == (2, 3, 2) and batch.n_rows.tolist() == [2, 3]
+    assert batch.weights[0, 2] == 0
+    logits = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(0))
+    alone = [rns_loss(logits[i : i + 1, : s.features.shape[0]], stack_training_sets([s]))
+             for i, s in enumerate((short, long))]
+    torch.testing.assert_close(rns_loss(logits, batch), alone[0] + alone[1])
+
+
+def test_heads_start_as_torch_linear_layers_do():
+    weight, bias = init_heads(1, 5, 7, seeds=[3])
+    torch.manual_seed(3)
+    linear = nn.Linear(7, 5)
+    torch.testing.assert_close(weight[0], linear.weight.detach())
+    torch.testing.assert_close(bias[0], linear.bias.detach())
+
+
+def _toy_set(seed: int, rows: int) -> TrainingSet:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (rows,), generator=generator)
+    centres = torch.eye(3, 8) * 3
+    features = torch.nn.functional.normalize(centres[labels] + torch.randn(rows, 8, generator=generator), dim=-1)
+    targets = torch.nn.functional.one_hot(labels, 3).float()
+    return TrainingSet(features, targets, row_weights(labels, torch.ones(rows), torch.ones(3) / 3))
+
+
+def test_training_is_deterministic_and_fits_separable_rows():
+    batch = stack_training_sets([_toy_set(0, 30)])
+    first = train_heads(batch, steps=150, lr=0.05, weight_decay=5e-4, seeds=7)
+    second = train_heads(batch, steps=150, lr=0.05, weight_decay=5e-4, seeds=7)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    other = train_heads(batch, steps=150, lr=0.05, weight_decay=5e-4, seeds=8)
+    assert not torch.equal(first[0], other[0])
+
+    start = init_heads(1, 3, 8, [7])
+    logits_before = torch.baddbmm(start[1][:, None], batch.features, start[0].transpose(1, 2))
+    logits_after = torch.baddbmm(first[1][:, None], batch.features, first[0].transpose(1, 2))
+    assert rns_loss(logits_after, batch) < rns_loss(logits_before, batch) / 5
+    predicted = head_probabilities(first[0][0], first[1][0], batch.features[0]).argmax(dim=1)
+    assert torch.equal(predicted, batch.targets[0].argmax(dim=1))
+
+
+def test_a_batch_trains_exactly_as_its_images_alone():
+    sets = [_toy_set(1, 12), _toy_set(2, 20)]
+    together = train_heads(stack_training_sets(sets), steps=40, lr=0.01, weight_decay=5e-4, seeds=[4, 5])
+    for index, (training_set, seed) in enumerate(zip(sets, (4, 5))):
+        alone = train_heads(stack_training_sets([training_set]), steps=40, lr=0.01, weight_decay=5e-4, seeds=seed)
+        torch.testing.assert_close(together[0][index], alone[0][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(together[1][index], alone[1][0], atol=1e-6, rtol=1e-5)
+
+
+def test_zero_steps_return_the_initial_head_and_probabilities_sum_to_one():
+    batch = stack_training_sets([_toy_set(0, 5)])
+    weight, bias = train_heads(batch, steps=0, lr=0.01, weight_decay=0.0, seeds=2)
+    start = init_heads(1, 3, 8, [2])
+    assert torch.equal(weight, start[0]) and torch.equal(bias, start[1])
+    probabilities = head_probabilities(weight[0], bias[0], batch.features[0])
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(5))
+
+
+def test_bad_training_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="at least one row"):
+        TrainingSet(torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0))
+    with pytest.raises(ValueError, match="one N"):
+        TrainingSet(ROWS, TARGETS[:2], torch.ones(3))
+    with pytest.raises(ValueError, match="disagree"):
+        stack_training_sets([TrainingSet(ROWS, TARGETS, torch.ones(3)),
+                             TrainingSet(ROWS, torch.ones(3, 4) / 4, torch.ones(3))])
+    with pytest.raises(ValueError, match="seeds"):
+        train_heads(stack_training_sets([_toy_set(0, 5)]), steps=1, lr=0.01, weight_decay=0.0, seeds=[1, 2])
+    with pytest.raises(ValueError, match="does not fit"):
+        head_probabilities(torch.zeros(3, 8), torch.zeros(3), torch.zeros(4, 7))
