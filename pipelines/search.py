@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskdex.operators.registry.presets import alpha_clip_encoder, get_preset
+from maskdex.operators.registry.presets import alpha_clip_encoder, preset_from_fingerprint
 from maskdex.operators.common.prompts import IMAGENET_TEMPLATES
 from maskdex.storage.index_store import IndexStore
 
@@ -14,10 +14,10 @@ class TextSearcher:
 
     def __init__(self, db: str, *, weights: str | None = None, device: str = "auto"):
         self.store = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
-        preset = get_preset(self.store.models.split("(", 1)[0])
-        if preset.fingerprint != self.store.models:
-            raise ValueError(f"database {db} was built by {self.store.models!r}, which this maskdex "
-                             f"version defines as {preset.fingerprint!r}")
+        try:
+            preset = preset_from_fingerprint(self.store.models)
+        except ValueError as error:
+            raise ValueError(f"database {db}: {error}") from error
         self.encoder = alpha_clip_encoder(preset, weights=weights, device=device)
 
     def search(self, text: str, *, k: int = 10, oversample: int = 10, templates: bool = False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from maskdex.operators.rns.memory import IGNORE_INDEX
+from maskdex.operators.common.labels import IGNORE_INDEX
 
 
 def confusion_matrix(prediction, ground_truth, n_classes: int, *, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

@@ -143,6 +143,15 @@ def get_preset(name: str) -> ModelPreset:
     )
 
 
+def preset_from_fingerprint(fingerprint: str) -> ModelPreset:
+    """The preset whose fingerprint an index stores; a ValueError when this version defines it otherwise."""
+    preset = get_preset(fingerprint.split("(", 1)[0])
+    if preset.fingerprint != fingerprint:
+        raise ValueError(f"the index was built by {fingerprint!r}, which this maskdex version defines as "
+                         f"{preset.fingerprint!r}")
+    return preset
+
+
 def build_sam2_model(spec: SAM2Spec, weights: str | os.PathLike | None = None):
     """The SAM 2 network of a spec, with its released weights loaded (random and seeded for tiny)."""
     from sam2.build_sam import build_sam2  # importing sam2 initialises Hydra; only do it when needed

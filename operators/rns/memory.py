@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from maskdex.operators.common.labels import IGNORE_INDEX
 
 
 def patch_index_map(image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:

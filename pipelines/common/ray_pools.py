@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -30,7 +31,17 @@ def init_ray(address: str | None) -> None:
             # that using it after a fork may deadlock. These children exec Ray's own programs at
             # once and never touch LanceDB, so the warning does not apply to them.
             warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False,
+                     logging_level=logging.WARNING)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Keep Ray Data's operator internals off the console; the jobs print their own progress (progress.py)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def device_for_cluster(device: str, resources: StageResources, cluster: dict) -> tuple[str, StageResources]:
@@ -63,6 +74,6 @@ def actor_pool(resources: StageResources, actors: int | None = None, *, in_fligh
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
                                       max_tasks_in_flight_per_actor=in_flight)
     return {"compute": pool, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-            "batch_size": resources.batch_size, "batch_format": "numpy", "max_restarts": 2, "max_task_retries": 2,
-            # Model actors spread over the nodes rather than packing the first one.
-            "scheduling_strategy": "SPREAD"}
+            "batch_size": resources.batch_size, "batch_format": "numpy"}
+    # Ray Data's own defaults do the rest: actors lost with a node are restarted and their batches
+    # retried, and actors are spread over the nodes (DataContext.scheduling_strategy is SPREAD).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = 255
+from maskdex.operators.common.labels import IGNORE_INDEX as IGNORE
 
 VOC = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -36,11 +36,13 @@ import numpy as np
 from PIL import Image
 
 from maskdex.pipelines.evaluation import classes as known
+from maskdex.operators.common.labels import IGNORE_INDEX
+from maskdex.pipelines.common.class_names import read_classes_file
 from maskdex.pipelines.common.sources import IMAGE_EXTENSIONS
 
 SPLITS = ("train", "val")
 DATASETS = ("folder", "voc", "context", "context60", "coco-stuff", "cityscapes", "ade")
-IGNORE = known.IGNORE
+IGNORE = IGNORE_INDEX
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -134,12 +136,10 @@ def open_dataset(name: str, root: str | os.PathLike) -> SegmentationDataset:
 def _folder(name: str, root: Path) -> SegmentationDataset:
     _require(root, ("images", "labels", "classes.txt", "splits/train.txt", "splits/val.txt"),
              "the folder layout: images/, labels/, classes.txt, splits/train.txt, splits/val.txt")
-    classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
-    if not classes:
-        raise DatasetError(f"{root / 'classes.txt'} names no class")
-    if len(classes) >= IGNORE:
-        raise DatasetError(f"{root / 'classes.txt'} names {len(classes)} classes; at most {IGNORE} fit in 8-bit "
-                           f"labels beside the ignore value {IGNORE}")
+    try:
+        classes = tuple(read_classes_file(root / "classes.txt"))
+    except ValueError as error:
+        raise DatasetError(str(error)) from error
     images = {path.stem: path for path in (root / "images").iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS}
     splits = {}
     for split in SPLITS:

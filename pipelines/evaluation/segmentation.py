@@ -30,6 +30,7 @@ from maskdex.operators.registry.presets import get_preset, patch_size
 from maskdex.pipelines.evaluation.datasets import DatasetError, Sample, SegmentationDataset
 from maskdex.pipelines.evaluation.methods import METHODS
 from maskdex.pipelines.evaluation.worker import SegmentationWorker, WorkerSpec, memory_from_prototypes
+from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.evaluation.sampling import ClassPresence, SupportSet, sample_supports
 
@@ -139,8 +140,10 @@ def evaluate_segmentation(dataset: SegmentationDataset, settings: SegmentationEv
     n = len(dataset.classes)
     total = np.zeros((len(keys), n, n), dtype=np.int64)
     outcomes = []
+    progress = Progress("eval segmentation", len(val))
     for outcome, sparse in runner.evaluate(shards, memories, keys):
         outcomes.append(outcome)
+        progress.advance(len(outcome.sample_ids))
         np.add.at(total, (sparse[:, 0], sparse[:, 1], sparse[:, 2]), sparse[:, 3])
     for outcome in outcomes:
         if outcome.status != OK:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
 from maskdex.pipelines.common.sources import IMAGE_EXTENSIONS
-from maskdex.pipelines.fewshot.labels import label_problems, read_classes_file, read_label_map
+from maskdex.pipelines.common.class_names import read_classes_file
+from maskdex.pipelines.fewshot.labels import label_problems, read_label_map
 
 # EXIF orientations that turn the image by 90 degrees: width and height swap once it is decoded.
 _TRANSPOSED = {5, 6, 7, 8}

@@ -13,11 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from maskdex.operators.rns.memory import IGNORE_INDEX
-
-UNNAMED_PREFIX = "@"
-# Class indices share one byte with the ignore label.
-MAX_CLASSES = IGNORE_INDEX
+from maskdex.operators.common.labels import IGNORE_INDEX
+from maskdex.pipelines.common.class_names import UNNAMED_PREFIX
 _LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I")
 
 
@@ -34,36 +31,6 @@ def check_set_name(set_name) -> str:
     if not isinstance(set_name, str) or not set_name.strip() or set_name != set_name.strip():
         raise ValueError(f"a support set name must be a non-blank string without surrounding spaces, got {set_name!r}")
     return set_name
-
-
-def check_class_names(names, where: str = "class list") -> list[str]:
-    """The names as a list; a ValueError for blank, repeated or surrounded-by-space names, or too many."""
-    if isinstance(names, str):
-        raise ValueError(f"{where}: expected a list of class names, got the string {names!r}")
-    names = list(names)
-    if not names:
-        raise ValueError(f"{where} is empty")
-    if len(names) > MAX_CLASSES:
-        raise ValueError(f"{where} has {len(names)} classes; at most {MAX_CLASSES} fit a label map "
-                         f"({IGNORE_INDEX} means ignore)")
-    for index, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip() or name != name.strip() or name == UNNAMED_PREFIX:
-            raise ValueError(f"{where}: class {index} has a bad name {name!r} (names are non-blank, without "
-                             f"surrounding spaces; '{UNNAMED_PREFIX}' needs a name after it)")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"{where} names {', '.join(map(repr, repeated))} more than once")
-    return names
-
-
-def read_classes_file(path: str | os.PathLike) -> list[str]:
-    """One class per line, line n (from 0) being label n. Trailing blank lines are ignored, inner ones refused
-    (they would silently shift every later label)."""
-    with open(path, encoding="utf-8") as handle:
-        lines = [line.rstrip("\r\n") for line in handle]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return check_class_names(lines, where=f"classes file {path}")
 
 
 def read_label_map(data: bytes) -> np.ndarray:

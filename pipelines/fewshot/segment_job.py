@@ -16,11 +16,12 @@ import ray
 
 from maskdex.pipelines.fewshot.dense import open_support_store
 from maskdex.pipelines.common.images import load_image
+from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.fewshot.segmenter import MODES, SegmentSettings, Segmenter, uses_text
 from maskdex.pipelines.fewshot.outputs import write_outputs
 from maskdex.pipelines.common.sources import expand_sources
-from maskdex.pipelines.fewshot.labels import check_class_names
+from maskdex.pipelines.common.class_names import check_class_names
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,11 @@ def segment_many(images: list[str], db: str, out_dir: str, request: SegmentReque
         **actor_pool(actors),
     )
     summaries: dict[int, dict] = {}
+    progress = Progress("segment", len(items))
     for batch in dataset.iter_batches(batch_size=16, batch_format="numpy"):
         for index, summary in zip(batch["index"], batch["summary"]):
             summaries[int(index)] = json.loads(summary)
+            progress.advance()
     return [summaries[index] for index in sorted(summaries)]
 
 

@@ -23,7 +23,8 @@ from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS, resize_longest_s
 from maskdex.pipelines.fewshot.dense import build_extractor, open_support_store
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.index.stages import to_original_size
-from maskdex.pipelines.fewshot.labels import check_class_names, has_text_name, text_names
+from maskdex.pipelines.common.class_names import check_class_names
+from maskdex.pipelines.fewshot.labels import has_text_name, text_names
 from maskdex.pipelines.fewshot.supports import add_example
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.support_store import SupportArrays

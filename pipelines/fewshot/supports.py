@@ -25,11 +25,12 @@ from maskdex.operators.rns.memory import pool_patches
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
 from maskdex.pipelines.fewshot.dense import build_extractor, open_support_store
 from maskdex.pipelines.common.images import load_image
+from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.common.sources import read_bytes
 from maskdex.pipelines.fewshot.folder import read_labelled_folder
+from maskdex.pipelines.common.class_names import check_class_names
 from maskdex.pipelines.fewshot.labels import (
-    check_class_names,
     check_set_name,
     class_pixel_counts,
     label_array,
@@ -131,8 +132,10 @@ def ingest_folder(images_dir: str, labels_dir: str, classes_file: str, db: str, 
     )
     per_image: list[list[dict]] = []
     failures: list[str] = []
+    progress = Progress("supports add", len(items))
     for batch in dataset.iter_batches(batch_size=16, batch_format="numpy"):
         for image, error, rows in zip(batch["image"], batch["error"], batch["rows"]):
+            progress.advance()
             if error:
                 failures.append(f"{image}: {error}")
             else:

@@ -20,6 +20,7 @@ import ray
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
 from maskdex.pipelines.index.stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.common.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
 from maskdex.storage.index_store import IndexStore
@@ -123,10 +124,13 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
     summary = IndexSummary()
     seen: set[str] = set()
+    # Parquet sources hold an unknown number of images until read.
+    progress = Progress("index", None if expanded.parquet else len(expanded.files))
     for batch in dataset.iter_batches(batch_size=settings.commit_every, batch_format="numpy"):
         images, regions = [], []
         for row in _rows(batch):
             summary.inputs += 1
+            progress.advance()
             if row["status"] == SKIPPED:
                 summary.skipped += 1
                 continue

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 import ray
+import torch
 from PIL import Image
 
 from maskdex.operators.common import rle as rle_codec
@@ -103,13 +104,8 @@ def _run_with_retry(fn, what: str):
             if attempt == 2:
                 return None, f"{what} failed: {type(error).__name__}: {error}"
             log.warning("%s failed (%s), retrying once", what, error)
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except Exception:
-                pass
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 class MaskStage:

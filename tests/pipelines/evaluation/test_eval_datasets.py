@@ -111,3 +111,18 @@ def test_inconsistent_labels_are_clear_errors(tmp_path):
     Image.fromarray(np.zeros((32, 80), np.uint8)).save(sample.labels)
     with pytest.raises(DatasetError, match="is 80x64 but its labels"):
         read_sample(sample, dataset.labels)
+
+
+def test_the_folder_layout_reads_classes_txt_as_supports_do(tmp_path):
+    seg_datasets.write_folder(tmp_path, n_train=2, n_val=2)
+    names = (tmp_path / "classes.txt").read_text().splitlines()
+    # An inner blank line would shift every later label by one: refused, not skipped.
+    (tmp_path / "classes.txt").write_text("\n".join([names[0], "", *names[1:]]) + "\n")
+    with pytest.raises(DatasetError, match="class 1 has a bad name"):
+        open_dataset("folder", tmp_path)
+    # 255 classes (0..254) fit beside the ignore value 255, as for a support set.
+    (tmp_path / "classes.txt").write_text("".join(f"class {k}\n" for k in range(255)))
+    assert len(open_dataset("folder", tmp_path).classes) == 255
+    (tmp_path / "classes.txt").write_text("".join(f"class {k}\n" for k in range(256)))
+    with pytest.raises(DatasetError, match="at most 255"):
+        open_dataset("folder", tmp_path)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from maskdex.pipelines.fewshot.dense import build_extractor, open_support_store
-from maskdex.pipelines.fewshot.labels import read_classes_file
+from maskdex.pipelines.common.class_names import read_classes_file
 from maskdex.pipelines.fewshot.supports import add_example, ingest_folder
 from maskdex.storage import SupportStore
 from tests.support.synthetic import NAMES, example, scene, write_labelled_folder
