@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
+from maskdex.jobs.arguments import add_model_options
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("demo", help="propose masks on a sample photo and match them to phrases")
-    parser.add_argument("--models", default="tiny", help="model preset (default: tiny, random weights)")
-    parser.add_argument("--weights-dir", default=None, help="directory holding the presets' weight files")
+    add_model_options(parser)
     parser.add_argument("--photo", default="astronaut", help="a scikit-image sample photo name or an image path")
     parser.add_argument("--text", action="append", default=None, help="a phrase to match (repeatable)")
-    parser.add_argument("--device", default="auto")
     parser.set_defaults(run=run)
 
 

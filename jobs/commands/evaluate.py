@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskdex.jobs.arguments import add_db, at_least
+from maskdex.jobs.arguments import add_db, add_model_options, at_least, model_options
 
 from maskdex.pipelines.evaluation.datasets import DATASETS
 from maskdex.pipelines.evaluation.methods import METHODS, parse_methods
@@ -29,9 +29,7 @@ def add_parsers(commands) -> None:
     seg.add_argument("--out", required=True, help="directory for the report")
     seg.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
     seg.add_argument("--limit", type=at_least(1), default=None, help="evaluate only the first N val images")
-    seg.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
-    seg.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
-    seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_model_options(seg)
     seg.add_argument("--rns-steps", type=at_least(0), default=700, help="RNS training steps (the paper: 700)")
     seg.add_argument("--short-side", type=at_least(1), default=448,
                      help="images are resized to this short side (the paper: 448; a multiple of 4 patches)")
@@ -58,8 +56,7 @@ def add_parsers(commands) -> None:
     ret.add_argument("-k", type=at_least(1), default=50, help="results per query, the K of AP@K (default 50)")
     ret.add_argument("--iou", type=float, default=0.5, help="mask IoU for an object-level match (default 0.5)")
     ret.add_argument("--templates", action="store_true", help="average each query over CLIP prompt templates")
-    ret.add_argument("--weights-dir", default=None)
-    ret.add_argument("--device", default="auto")
+    add_model_options(ret, preset=False)
     ret.set_defaults(run=run_retrieval)
 
 
@@ -71,8 +68,7 @@ def run_segmentation(args) -> int:
     dataset = open_dataset(args.dataset, args.data)
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if args.device.startswith("cuda") else 0.0)
     settings = SegmentationEvalSettings(
-        methods=args.methods, shots=args.shots, seeds=args.seeds, models=args.models, weights=args.weights_dir,
-        device=args.device, short_side=args.short_side, rns_steps=args.rns_steps, limit=args.limit,
+        **model_options(args), methods=args.methods, shots=args.shots, seeds=args.seeds, short_side=args.short_side, rns_steps=args.rns_steps, limit=args.limit,
         support_pool=args.support_pool, shard_size=args.shard_size, actors=args.actors,
         num_cpus=args.cpus_per_actor, num_gpus=gpus)
     evaluation = evaluate_segmentation(dataset, settings, address=args.address, single_process=args.single_process)

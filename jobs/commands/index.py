@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 
-from maskdex.jobs.arguments import add_db, positive_int
+from maskdex.jobs.arguments import add_db, add_model_options, model_options, positive_int
 
 
 def add_parsers(commands) -> None:
     index = commands.add_parser("index", help="index images (files, folders, globs, s3:// or gs:// URIs, parquet)")
     index.add_argument("sources", nargs="+", metavar="SOURCE")
     add_db(index)
-    index.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
-    index.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
+    add_model_options(index)
     index.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
-    index.add_argument("--device", default="auto", help="auto, cpu or cuda")
     index.add_argument("--sam-actors", type=positive_int, default=None,
                        help="most SAM 2 actors (default: as many as the cluster can place)")
     index.add_argument("--clip-actors", type=positive_int, default=None,
@@ -36,7 +34,7 @@ def add_parsers(commands) -> None:
     add_db(search)
     search.add_argument("-k", type=positive_int, default=10, help="images to return (default 10)")
     search.add_argument("--templates", action="store_true", help="average the query over CLIP prompt templates")
-    search.add_argument("--weights-dir", default=None)
+    add_model_options(search, preset=False)
     search.add_argument("--json", action="store_true", help="print results as JSON")
     search.set_defaults(run=run_search)
 
@@ -63,7 +61,7 @@ def run_index(args) -> int:
                                                       ("min_area", args.min_area)) if value is not None}
     defaults = IndexSettings()
     settings = IndexSettings(
-        models=args.models, weights=args.weights_dir, device=args.device, mask_settings=mask_settings,
+        **model_options(args), mask_settings=mask_settings,
         sam=replace(defaults.sam, max_actors=args.sam_actors, num_gpus=gpus),
         clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus),
         commit_every=args.commit_every, retry_failed=args.retry_failed, build_index=not args.no_build_index,
@@ -76,7 +74,7 @@ def run_index(args) -> int:
 def run_search(args) -> int:
     from maskdex.pipelines.search import TextSearcher
 
-    results = TextSearcher(args.db, weights=args.weights_dir).search(args.text, k=args.k, templates=args.templates)
+    results = TextSearcher(args.db, weights=args.weights_dir, device=args.device).search(args.text, k=args.k, templates=args.templates)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -6,7 +6,7 @@ import glob
 import json
 import os
 
-from maskdex.jobs.arguments import add_db, positive_int
+from maskdex.jobs.arguments import add_db, add_model_options, model_options, positive_int
 
 
 def add_parsers(commands) -> None:
@@ -21,7 +21,7 @@ def add_parsers(commands) -> None:
                      help="folder of PNG label maps, one per image with the same stem (class indices, 255 = ignore)")
     add.add_argument("--classes", required=True,
                      help="file with one class per line, line n naming label n; '@name' marks an example-only class")
-    _models(add)
+    _models_and_cluster(add)
     add.add_argument("--actors", type=positive_int, default=1, help="most feature actors (default 1)")
     add.add_argument("--json", action="store_true", help="print the summary as JSON")
     add.set_defaults(run=run_add)
@@ -48,17 +48,15 @@ def add_parsers(commands) -> None:
     segment.add_argument("--shots-only", action="store_true", help="use the examples only, not the class names")
     segment.add_argument("--out", required=True, help="folder for NAME.labels.png, NAME.overlay.png, NAME.json")
     segment.add_argument("--seed", type=int, default=0, help="seed of the per-image classifier's initialisation")
-    _models(segment)
+    _models_and_cluster(segment)
     segment.add_argument("--actors", type=positive_int, default=1,
                          help="most segmenter actors when there are several images (default 1)")
     segment.add_argument("--json", action="store_true", help="print the summaries as JSON")
     segment.set_defaults(run=run_segment)
 
 
-def _models(parser) -> None:
-    parser.add_argument("--models", default="tiny", help="model preset (see `maskdex presets`; default tiny)")
-    parser.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+def _models_and_cluster(parser) -> None:
+    add_model_options(parser)
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray locally)")
 
 
@@ -75,8 +73,7 @@ def _resources(args):
 def run_add(args) -> int:
     from maskdex.pipelines.fewshot.supports import SupportSettings, ingest_folder
 
-    settings = SupportSettings(models=args.models, weights=args.weights_dir, device=args.device,
-                               actors=_resources(args))
+    settings = SupportSettings(**model_options(args), actors=_resources(args))
     summary = ingest_folder(args.images, args.labels, args.classes, args.db, args.set_name, settings,
                             address=args.address)
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
@@ -116,7 +113,7 @@ def run_segment(args) -> int:
     from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
     from maskdex.pipelines.fewshot.segment_job import SegmentRequest, check_request, output_names, segment_many, segment_to_files
 
-    settings = SegmentSettings(models=args.models, weights=args.weights_dir, device=args.device)
+    settings = SegmentSettings(**model_options(args))
     request = SegmentRequest(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
                              args.shots_only, args.seed)
     if len(args.images) == 1 and not _expands(args.images[0]):

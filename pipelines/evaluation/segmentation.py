@@ -26,6 +26,7 @@ import numpy as np
 import ray
 import torch
 
+from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.registry.presets import get_preset, patch_size
 from maskdex.pipelines.evaluation.datasets import DatasetError, Sample, SegmentationDataset
 from maskdex.pipelines.evaluation.methods import METHODS
@@ -39,14 +40,10 @@ OK, FAILED = "ok", "failed"
 
 
 @dataclass(frozen=True)
-class SegmentationEvalSettings:
+class SegmentationEvalSettings(ModelOptions):
     methods: tuple[str, ...] = ("zero-shot", "rns")
     shots: tuple[int, ...] = (1, 5, 20)
     seeds: tuple[int, ...] = (0, 1, 2)
-    models: str = "tiny"
-    weights: str | None = None
-    device: str = "auto"
-    dtype: str | None = "bfloat16"
     short_side: int = 448  # the paper's; must be a multiple of 4 patches
     rns_steps: int = 700
     limit: int | None = None  # evaluate only the first N val images
@@ -129,8 +126,9 @@ def evaluate_segmentation(dataset: SegmentationDataset, settings: SegmentationEv
                 for shots in settings.shots for seed in settings.seeds]
     by_id = {sample.id: sample for sample in train}
     needed = [by_id[i] for i in dict.fromkeys(i for s in supports for i in s.image_ids)]
-    spec = WorkerSpec(settings.models, settings.weights, settings.device, settings.dtype, settings.short_side,
-                      dataset.classes, dataset.labels, settings.methods, settings.rns_steps)
+    spec = WorkerSpec(models=settings.models, weights=settings.weights, device=settings.device, dtype=settings.dtype,
+                      short_side=settings.short_side, classes=dataset.classes, labels=dataset.labels,
+                      methods=settings.methods, rns_steps=settings.rns_steps)
     runner = _LocalRunner(spec, settings) if single_process else _RayRunner(spec, settings, address)
 
     prototypes = runner.prototypes(needed)

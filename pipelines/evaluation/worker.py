@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.common import rle as rle_codec
 from maskdex.operators.dense.features import WindowSpec
 from maskdex.operators.metrics.segmentation import confusion_matrix
@@ -29,14 +30,10 @@ _RNS_VARIANTS = {"rns": {}, "rns-region": {}, "rns-no-text": {"use_text": False}
                  "rns-no-relevance": {"use_relevance": False}}
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec(ModelOptions):
     """Everything a worker needs to build its models and evaluate; small enough to ship to every actor."""
 
-    models: str
-    weights: str | None
-    device: str
-    dtype: str | None
     short_side: int  # test and support images are resized to this short side (the paper: 448)
     classes: tuple[str, ...]
     labels: LabelFormat

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.common import rle as rle_codec
 from maskdex.operators.dense.features import fill_unnamed
 from maskdex.operators.registry.presets import mask_generator
@@ -33,11 +34,7 @@ MODES = ("patch", "region")
 
 
 @dataclass(frozen=True)
-class SegmentSettings:
-    models: str = "tiny"
-    weights: str | None = None
-    device: str = "auto"
-    dtype: str | None = "bfloat16"
+class SegmentSettings(ModelOptions):
     rns: RNSSettings = RNSSettings()
     mask_settings: dict = field(default_factory=dict)  # overrides of the preset's SAM 2 MaskSettings
     max_side: int = 1024  # images are downscaled to this before SAM 2, as when indexing

@@ -20,6 +20,7 @@ import numpy as np
 import ray
 import torch
 
+from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.dense.features import DenseCLIPFeatures
 from maskdex.operators.rns.memory import pool_patches
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
@@ -41,11 +42,7 @@ from maskdex.storage.support_store import SupportStore
 
 
 @dataclass(frozen=True)
-class SupportSettings:
-    models: str = "tiny"
-    weights: str | None = None
-    device: str = "auto"
-    dtype: str | None = "bfloat16"
+class SupportSettings(ModelOptions):
     max_pixels: int = DEFAULT_MAX_PIXELS
     actors: StageResources = StageResources(num_cpus=1.0)
     write_rows: int = 1024  # rows per commit (an image's rows always share one)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
 from maskdex.pipelines.index.stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
@@ -29,11 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class IndexSettings:
-    models: str = "tiny"
-    weights: str | None = None
-    device: str = "auto"
-    dtype: str | None = "bfloat16"
+class IndexSettings(ModelOptions):
     mask_settings: dict = field(default_factory=dict)  # overrides of the preset's MaskSettings
     context: float | None = 0.5  # Alpha-CLIP crop margin around each region's box
     max_side: int = 1024  # images are downscaled to this before SAM 2 (it works at 1024 anyway)
