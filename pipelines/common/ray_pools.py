@@ -42,6 +42,15 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Turning them off makes Ray Data say so once per job, telling the user how to turn them back on.
+    progress_logger = logging.getLogger("ray.data._internal.progress")
+    if not any(isinstance(f, _NoProgressBarNotice) for f in progress_logger.filters):
+        progress_logger.addFilter(_NoProgressBarNotice())
+
+
+class _NoProgressBarNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
 
 
 def device_for_cluster(device: str, resources: StageResources, cluster: dict) -> tuple[str, StageResources]:
