@@ -20,6 +20,7 @@ from maskdex.pipelines.evaluation.datasets import open_dataset
 from maskdex.pipelines.evaluation.report import write_segmentation_report
 from maskdex.pipelines.evaluation.segmentation import SegmentationEvalSettings, evaluate_segmentation
 from tests.support import seg_datasets
+from tests.support.paths import REPO
 
 MASKDEX = str(Path(sys.executable).parent / "maskdex")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # conftest has set Ray to loopback, without auth
@@ -31,7 +32,6 @@ import json, subprocess, sys
 import ray
 import ray.util.state
 from ray.cluster_utils import Cluster
-from tests.support.paths import REPO
 data, out, maskdex = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
                                                         "dashboard_host": "127.0.0.1"})

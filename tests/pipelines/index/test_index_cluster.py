@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.support.corpus import build_corpus
 from tests.support.ports import free_port
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 MASKDEX = str(Path(sys.executable).parent / "maskdex")
@@ -96,7 +97,6 @@ import json, subprocess, sys, time
 import lancedb
 import ray
 from ray.cluster_utils import Cluster
-from tests.support.paths import REPO
 spread_corpus, loss_corpus, db, maskdex = sys.argv[1:5]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
 worker = cluster.add_node(num_cpus=2)
