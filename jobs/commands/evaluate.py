@@ -33,8 +33,9 @@ def add_parsers(commands) -> None:
     seg.add_argument("--weights-dir", default=None, help="directory with the preset's weight files")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
     seg.add_argument("--rns-steps", type=at_least(0), default=700, help="RNS training steps (the paper: 700)")
-    seg.add_argument("--short-side", type=at_least(1), default=448,
-                     help="images are resized to this short side (the paper: 448; a multiple of 4 patches)")
+    seg.add_argument("--short-side", type=at_least(1), default=None,
+                     help="resize images to this short side, scaling the windows with it (default: the preset's, "
+                          "as `maskdex segment` uses: 448 for ViT-B/16; a multiple of 4 patches)")
     seg.add_argument("--support-pool", type=at_least(1), default=None,
                      help="sample supports from a random subset of this many train images (default: all)")
     seg.add_argument("--shard-size", type=at_least(1), default=4, help="val images per shard (default 4)")
