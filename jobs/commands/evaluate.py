@@ -31,8 +31,9 @@ def add_parsers(commands) -> None:
     seg.add_argument("--limit", type=at_least(1), default=None, help="evaluate only the first N val images")
     add_model_options(seg)
     seg.add_argument("--rns-steps", type=at_least(0), default=700, help="RNS training steps (the paper: 700)")
-    seg.add_argument("--short-side", type=at_least(1), default=448,
-                     help="images are resized to this short side (the paper: 448; a multiple of 4 patches)")
+    seg.add_argument("--short-side", type=at_least(1), default=None,
+                     help="resize images to this short side, scaling the windows with it (default: the preset's, "
+                          "as `maskdex segment` uses: 448 for ViT-B/16; a multiple of 4 patches)")
     seg.add_argument("--support-pool", type=at_least(1), default=None,
                      help="sample supports from a random subset of this many train images (default: all)")
     seg.add_argument("--shard-size", type=at_least(1), default=4, help="val images per shard (default 4)")
@@ -68,7 +69,8 @@ def run_segmentation(args) -> int:
     dataset = open_dataset(args.dataset, args.data)
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if args.device.startswith("cuda") else 0.0)
     settings = SegmentationEvalSettings(
-        **model_options(args), methods=args.methods, shots=args.shots, seeds=args.seeds, short_side=args.short_side, rns_steps=args.rns_steps, limit=args.limit,
+        **model_options(args), methods=args.methods, shots=args.shots, seeds=args.seeds, short_side=args.short_side,
+        rns_steps=args.rns_steps, limit=args.limit,
         support_pool=args.support_pool, shard_size=args.shard_size, actors=args.actors,
         num_cpus=args.cpus_per_actor, num_gpus=gpus)
     evaluation = evaluate_segmentation(dataset, settings, address=args.address, single_process=args.single_process)

@@ -5,8 +5,8 @@ of the attention is kept (v = out_proj(value part of in_proj(ln_1(x)))), so each
 depends on that token alone and stays aligned with its patch; the MLP, ln_post and the projection
 then map every patch token into the joint image-text space. The class token is dropped.
 
-Images are resized so that their short side has a fixed length, then covered with square sliding
-windows; the features of overlapping windows are averaged per patch, then L2-normalised.
+How an image is resized, padded and covered with windows, and how the windows' features are
+averaged, is the policy in windows.py (the RNS authors' procedure).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
@@ -24,43 +25,51 @@ from maskdex.operators.common.device import autocast, resolve_device
 from maskdex.operators.common.image_input import as_rgb_uint8
 from maskdex.operators.common.prompts import IMAGENET_TEMPLATES
 from maskdex.operators.common.text_features import embed_texts
+from maskdex.operators.dense.windows import (
+    IGNORE_LABEL,
+    PAPER_NATIVE_INPUT,
+    WindowSpec,
+    average_windows,
+    pad_bottom_right,
+    padded_size,
+    rescaled_size,
+    resize_labels,
+    resize_rgb,
+    rns_windows,
+    window_starts,
+)
 
 
-@dataclass(frozen=True)
-class WindowSpec:
-    """How an image is covered: resized to `short_side`, then square windows of each size in `windows`."""
-
-    short_side: int
-    windows: tuple[int, ...]
-    stride: int
-
-    def __post_init__(self):
-        if not self.windows:
-            raise ValueError("WindowSpec needs at least one window size")
-        if self.stride < 1 or any(w < 1 for w in self.windows):
-            raise ValueError(f"window sizes and stride must be >= 1, got {self.windows} and {self.stride}")
-        if max(self.windows) > self.short_side:
-            raise ValueError(f"window {max(self.windows)} does not fit in short side {self.short_side}")
-
-
-# The paper's sizes for ViT-B/16: one scale for test images, two for support images.
-TEST_WINDOWS = WindowSpec(short_side=448, windows=(448,), stride=224)
-SUPPORT_WINDOWS = WindowSpec(short_side=448, windows=(448, 224), stride=112)
+# The paper's windows for ViT-B/16: one size for test images, two for support images.
+TEST_WINDOWS, SUPPORT_WINDOWS = rns_windows(PAPER_NATIVE_INPUT, 16)
 
 
 @dataclass(frozen=True)
 class DenseFeatures:
     """An image's patch features and the geometry that maps its pixels to patches.
 
-    features: (h, w, D) float32, each patch L2-normalised. The image (image_size, original
-    pixels) was resized to input_size = (h * patch_size, w * patch_size), so original pixel row y
-    lies in patch row floor((y + 0.5) * h / H), and likewise for columns.
+    features: (h, w, D) float32, each patch L2-normalised. The image (image_size, original pixels)
+    was resized to resized_size, then padded on the bottom and right to input_size = (h * patch_size,
+    w * patch_size); patch (i, j) covers input pixels [i * p, (i + 1) * p) x [j * p, (j + 1) * p).
     """
 
     features: torch.Tensor
     image_size: tuple[int, int]
     input_size: tuple[int, int]
     patch_size: int
+    resized_size: tuple[int, int] | None = None  # None: the image filled input_size (no padding)
+
+    def __post_init__(self):
+        if self.resized_size is None:
+            object.__setattr__(self, "resized_size", tuple(self.input_size))
+
+    def label_grid(self, label_map, fill: int = IGNORE_LABEL) -> torch.Tensor:
+        """An (H, W) label map of the original image brought onto the input: resized by nearest
+        neighbour to resized_size and padded with `fill` (255, ignore) to input_size."""
+        labels = torch.as_tensor(np.asarray(label_map)) if not isinstance(label_map, torch.Tensor) else label_map
+        if tuple(labels.shape) != tuple(self.image_size):
+            raise ValueError(f"label map is {tuple(labels.shape)}, the image {tuple(self.image_size)}")
+        return pad_bottom_right(resize_labels(labels, self.resized_size), self.input_size, fill)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -138,49 +147,6 @@ def patch_tokens(visual: VisionTransformer, pixels: torch.Tensor) -> torch.Tenso
     return x.reshape(n, grid[0], grid[1], -1)
 
 
-def resized_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
-    """The short side becomes `short_side`; the long side keeps the aspect ratio, rounded to `multiple`.
-
-    Rounding the long side to whole patches changes the aspect ratio by at most half a patch,
-    and keeps every window start on the patch grid.
-    """
-    scale = short_side / min(height, width)
-    def long(side: int) -> int:
-        return max(short_side, int(round(side * scale / multiple)) * multiple)
-    return (short_side, long(width)) if height <= width else (long(height), short_side)
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Starts of windows covering [0, length): every `stride`, the last one flush with the end."""
-    if window > length:
-        raise ValueError(f"window {window} is longer than the side {length}")
-    count = (length - window + stride - 1) // stride + 1
-    return sorted({min(i * stride, length - window) for i in range(count)})
-
-
-def average_windows(grid: tuple[int, int], windows: Sequence[tuple[tuple[int, int], torch.Tensor]]) -> torch.Tensor:
-    """(gh, gw, D) mean of window features over all the windows that cover each patch.
-
-    windows: ((row, column) of the window's first patch, its (wh, ww, D) features); sizes may differ.
-    """
-    if not windows:
-        raise ValueError("average_windows needs at least one window")
-    dim = windows[0][1].shape[-1]
-    total = windows[0][1].new_zeros(grid[0], grid[1], dim)
-    count = windows[0][1].new_zeros(grid[0], grid[1], 1)
-    for (row, col), features in windows:
-        if features.ndim != 3 or features.shape[-1] != dim:
-            raise ValueError(f"expected (wh, ww, {dim}) window features, got {tuple(features.shape)}")
-        wh, ww = features.shape[:2]
-        if row < 0 or col < 0 or row + wh > grid[0] or col + ww > grid[1]:
-            raise ValueError(f"window at {(row, col)} of size {(wh, ww)} leaves the grid {grid}")
-        total[row : row + wh, col : col + ww] += features
-        count[row : row + wh, col : col + ww] += 1
-    if (count == 0).any():
-        raise ValueError("some patches are covered by no window")
-    return total / count
-
-
 def fill_unnamed(named_features: torch.Tensor, named: Sequence[bool]) -> torch.Tensor:
     """(C, D) text features where each unnamed class gets the normalised mean of the named ones."""
     named = torch.as_tensor(list(named), dtype=torch.bool)
@@ -241,23 +207,26 @@ class DenseCLIPFeatures:
         return self.features(image, self.support_windows)
 
     def features(self, image, spec: WindowSpec) -> DenseFeatures:
-        rgb = torch.from_numpy(as_rgb_uint8(image)).permute(2, 0, 1)[None].float() / 255.0
-        height, width = rgb.shape[-2:]
-        input_size = resized_size(height, width, spec.short_side, self.patch_size)
-        rgb = F.interpolate(rgb, size=input_size, mode="bicubic", antialias=True, align_corners=False)
+        """The authors' procedure (see windows.py): keep-ratio bilinear resize to 8-bit pixels, zero
+        padding to whole patches, CLIP normalisation, windows of each size, per-window normalised means."""
+        rgb = as_rgb_uint8(image)
+        height, width = rgb.shape[:2]
+        p = self.patch_size
+        resized = rescaled_size(height, width, spec)
+        input_size = padded_size(*resized, p)
+        pixels = pad_bottom_right(resize_rgb(rgb, resized)[None].float() / 255.0, input_size, 0.0)
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        pixels = ((rgb.clamp(0.0, 1.0) - mean) / std).to(self.device)
-        p = self.patch_size
-        windows = []
+        pixels = ((pixels - mean) / std).to(self.device)
+        per_size = []
         for window in spec.windows:
-            starts = [(r, c) for r in window_starts(input_size[0], window, spec.stride)
-                      for c in window_starts(input_size[1], window, spec.stride)]
-            crops = torch.cat([pixels[..., r : r + window, c : c + window] for r, c in starts])
-            windows += [((r // p, c // p), f) for (r, c), f in zip(starts, self._encode(crops))]
-        grid = (input_size[0] // p, input_size[1] // p)
-        features = F.normalize(average_windows(grid, windows), dim=-1)
-        return DenseFeatures(features, (int(height), int(width)), input_size, p)
+            rows, cols = (window_starts(side, window, spec.stride) for side in input_size)
+            wh, ww = min(window, input_size[0]), min(window, input_size[1])
+            starts = [(r, c) for r in rows for c in cols]
+            crops = torch.cat([pixels[..., r : r + wh, c : c + ww] for r, c in starts])
+            per_size.append([((r // p, c // p), f) for (r, c), f in zip(starts, self._encode(crops))])
+        features = average_windows((input_size[0] // p, input_size[1] // p), per_size)
+        return DenseFeatures(features, (int(height), int(width)), input_size, p, resized)
 
     def class_text_features(self, names: Sequence[str | None]) -> torch.Tensor:
         """(C, D) text features, 80 templates each; a class named None or "" gets the others' mean."""

@@ -19,6 +19,7 @@ from maskdex.operators.alpha_clip.encoder import AlphaCLIPEncoder
 from maskdex.operators.alpha_clip.model import AlphaCLIP
 from maskdex.operators.common.clip_models import TINY_CLIP_CONFIG, build_clip, clip_tokenizer
 from maskdex.operators.dense.features import DenseCLIPFeatures
+from maskdex.operators.dense.windows import WindowSpec, rns_windows
 from maskdex.operators.sam2.masks import MaskSettings, SAM2MaskGenerator
 from maskdex.operators.registry.weights import (
     MissingWeightsError,
@@ -255,9 +256,33 @@ def patch_size(spec: CLIPSpec) -> int:
     return int(open_clip.get_model_config(spec.arch)["vision_cfg"]["patch_size"])
 
 
-def dense_feature_extractor(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
-                            dtype: str | None = "bfloat16", **options):
-    """The preset's MaskCLIP dense feature extractor for RNS; keyword options go to DenseCLIPFeatures."""
+def native_input_size(spec: CLIPSpec) -> int:
+    """The visual tower's own input size in pixels, known without building the model."""
+    if isinstance(spec.arch, dict):
+        size = spec.arch["vision_cfg"]["image_size"]
+    else:
+        import open_clip
+
+        size = open_clip.get_model_config(spec.arch)["vision_cfg"]["image_size"]
+    return int(size if isinstance(size, int) else size[0])
+
+
+def dense_windows(preset: str | ModelPreset, short_side: int | None = None) -> tuple[WindowSpec, WindowSpec]:
+    """(test, support) windows of the preset's dense CLIP: the one RNS window-and-resize policy
+    (maskdex.operators.dense.windows), the paper's for ViT-B/16; short_side rescales it."""
     spec = (get_preset(preset) if isinstance(preset, str) else preset).dense_clip
+    return rns_windows(native_input_size(spec), patch_size(spec), short_side)
+
+
+def dense_feature_extractor(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
+                            dtype: str | None = "bfloat16", short_side: int | None = None, **options):
+    """The preset's MaskCLIP dense feature extractor for RNS, with the preset's windows (dense_windows)
+    unless test_windows / support_windows are given; other keyword options go to DenseCLIPFeatures."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    spec = preset.dense_clip
+    if "test_windows" not in options or "support_windows" not in options:
+        test_windows, support_windows = dense_windows(preset, short_side)
+        options.setdefault("test_windows", test_windows)
+        options.setdefault("support_windows", support_windows)
     return DenseCLIPFeatures(build_clip_model(spec, weights), clip_tokenizer(spec.arch), device=device, dtype=dtype,
                              **options)

@@ -16,25 +16,32 @@ import torch.nn.functional as F
 from maskdex.operators.common.labels import IGNORE_INDEX
 
 
-def patch_index_map(image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+def patch_index_map(image_size: tuple[int, int], grid: tuple[int, int],
+                    covered: tuple[float, float] | None = None) -> torch.Tensor:
     """(H, W) index (row * gw + column) of the patch each pixel centre falls in.
 
-    The patch grid spans the whole image, whatever the image's own size: pixel row y lies in patch
-    row floor((y + 0.5) * gh / H).
+    The image spans `covered` = (rows, columns) of patches from the grid's top-left corner (default:
+    the whole grid, whatever the image's own size): pixel row y lies in patch row
+    floor((y + 0.5) * covered_rows / H). A padded input covers fewer rows than the grid has.
     """
     (height, width), (gh, gw) = image_size, grid
     if min(height, width, gh, gw) < 1:
         raise ValueError(f"image size {image_size} and grid {grid} must be positive")
-    rows = ((torch.arange(height) + 0.5) * gh / height).long().clamp_(max=gh - 1)
-    cols = ((torch.arange(width) + 0.5) * gw / width).long().clamp_(max=gw - 1)
+    ch, cw = (gh, gw) if covered is None else covered
+    if not (0 < ch <= gh and 0 < cw <= gw):
+        raise ValueError(f"the image must cover part of the grid {grid}, got {covered}")
+    rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * ch / height).long().clamp_(max=gh - 1)
+    cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * cw / width).long().clamp_(max=gw - 1)
     return rows[:, None] * gw + cols[None, :]
 
 
-def pool_patches(features: torch.Tensor, label_map: torch.Tensor, *,
-                 ignore_index: int | None = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_patches(features: torch.Tensor, label_map: torch.Tensor, *, ignore_index: int | None = IGNORE_INDEX,
+                 covered: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The labels present in label_map and, per label, normalise(sum_j P_j x_j).
 
-    features: (h, w, D) patch features; label_map: (H, W) integer labels at image resolution.
+    features: (h, w, D) patch features; label_map: (H, W) integer labels at image resolution, or
+    at the input's (h * p, w * p), where every pixel lies in exactly one patch; covered: see
+    patch_index_map.
     P_j is the fraction of the label's pixels (ignore_index left out) that fall in patch j.
     Returns (labels (m,) int64 ascending, pooled (m, D)).
     """
@@ -45,7 +52,7 @@ def pool_patches(features: torch.Tensor, label_map: torch.Tensor, *,
     if label_map.dtype.is_floating_point or label_map.dtype == torch.bool:
         raise ValueError(f"label map must hold integers, got {label_map.dtype}")
     gh, gw, dim = features.shape
-    patches = patch_index_map(tuple(label_map.shape), (gh, gw)).flatten()
+    patches = patch_index_map(tuple(label_map.shape), (gh, gw), covered).flatten()
     labels = label_map.flatten().long().cpu()
     keep = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
     present, inverse = torch.unique(labels[keep], return_inverse=True)

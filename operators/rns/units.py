@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from maskdex.operators.dense.features import DenseFeatures
 from maskdex.operators.rns.memory import pool_patches
 
 
@@ -15,14 +16,18 @@ class TestUnits:
     """The n units of one test image: their features (n, D), L2-normalised, and how to paint them.
 
     Patch mode: grid is the (h, w) patch grid and region_map is None; scores are upsampled
-    bilinearly to image_size before the argmax. Region mode: region_map (H, W) gives each pixel's
-    unit, and each region's argmax is painted onto its pixels.
+    bilinearly to image_size before the argmax. When the grid covers a padded input (input_size,
+    whose top-left resized_size pixels are the image), scores are upsampled to input_size, cropped to
+    resized_size and upsampled again to image_size, as the authors' code does. Region mode:
+    region_map (H, W) gives each pixel's unit, and each region's argmax is painted onto its pixels.
     """
 
     features: torch.Tensor
     image_size: tuple[int, int]
     grid: tuple[int, int] | None = None
     region_map: torch.Tensor | None = None
+    input_size: tuple[int, int] | None = None
+    resized_size: tuple[int, int] | None = None
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -31,6 +36,10 @@ class TestUnits:
             raise ValueError(f"unit features must be (n, D), got shape {tuple(self.features.shape)}")
         if (self.grid is None) == (self.region_map is None):
             raise ValueError("TestUnits needs exactly one of grid (patch mode) and region_map (region mode)")
+        if (self.input_size is None) != (self.resized_size is None):
+            raise ValueError("input_size and resized_size go together")
+        if self.input_size is not None and any(r > i for r, i in zip(self.resized_size, self.input_size)):
+            raise ValueError(f"resized size {self.resized_size} exceeds the input size {self.input_size}")
 
     def labels(self, scores: torch.Tensor) -> torch.Tensor:
         """(H, W) int64 argmax labels from (n, C) per-unit scores."""
@@ -38,22 +47,46 @@ class TestUnits:
             raise ValueError(f"expected ({self.features.shape[0]}, C) scores, got {tuple(scores.shape)}")
         if self.region_map is not None:
             return scores.argmax(dim=1).cpu()[self.region_map]
-        return upsample_argmax(scores.reshape(*self.grid, -1), self.image_size)
+        via = None if self.input_size is None else (self.input_size, self.resized_size)
+        return upsample_argmax(scores.reshape(*self.grid, -1), self.image_size, via=via)
 
 
-def patch_units(features: torch.Tensor, image_size: tuple[int, int]) -> TestUnits:
-    """Every patch of an (h, w, D) grid is a unit."""
+def patch_units(features: torch.Tensor, image_size: tuple[int, int], *, input_size: tuple[int, int] | None = None,
+                resized_size: tuple[int, int] | None = None) -> TestUnits:
+    """Every patch of an (h, w, D) grid is a unit. input_size and resized_size: see TestUnits."""
     if features.ndim != 3:
         raise ValueError(f"expected (h, w, D) patch features, got shape {tuple(features.shape)}")
     h, w, dim = features.shape
-    return TestUnits(F.normalize(features.reshape(h * w, dim), dim=-1), tuple(image_size), grid=(h, w))
+    return TestUnits(F.normalize(features.reshape(h * w, dim), dim=-1), tuple(image_size), grid=(h, w),
+                     input_size=None if input_size is None else tuple(input_size),
+                     resized_size=None if resized_size is None else tuple(resized_size))
 
 
-def region_units(features: torch.Tensor, masks: torch.Tensor) -> TestUnits:
-    """Every painted region (see paint_regions) is a unit; its feature pools the patches it covers."""
+def dense_patch_units(dense: DenseFeatures, device: torch.device | str | None = None) -> TestUnits:
+    """The patch units of an image's dense features, predictions cropped back from the padded input."""
+    features = dense.features if device is None else dense.features.to(device)
+    return patch_units(features, dense.image_size, input_size=dense.input_size, resized_size=dense.resized_size)
+
+
+def region_units(features: torch.Tensor, masks: torch.Tensor, *,
+                 covered: tuple[float, float] | None = None) -> TestUnits:
+    """Every painted region (see paint_regions) is a unit; its feature pools the patches it covers.
+
+    covered: how many patch rows and columns the image spans when the grid covers a padded input
+    (resized size / patch size); None when the image spans the whole grid.
+    """
     region_map = paint_regions(masks)
-    _, pooled = pool_patches(features, region_map, ignore_index=None)  # regions are 0..R-1, in order
+    # regions are 0..R-1, in order
+    _, pooled = pool_patches(features, region_map, ignore_index=None, covered=covered)
     return TestUnits(pooled, tuple(region_map.shape), region_map=region_map)
+
+
+def dense_region_units(dense: DenseFeatures, masks: torch.Tensor,
+                       device: torch.device | str | None = None) -> TestUnits:
+    """The region units of an image's dense features; masks are (N, H, W) at the image's own size."""
+    features = dense.features if device is None else dense.features.to(device)
+    p = dense.patch_size
+    return region_units(features, masks, covered=(dense.resized_size[0] / p, dense.resized_size[1] / p))
 
 
 def paint_regions(masks: torch.Tensor) -> torch.Tensor:
@@ -74,18 +107,26 @@ def paint_regions(masks: torch.Tensor) -> torch.Tensor:
     return compact
 
 
-def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 32, *,
+                    via: tuple[tuple[int, int], tuple[int, int]] | None = None) -> torch.Tensor:
     """(H, W) argmax over classes of (h, w, C) scores upsampled bilinearly to size.
 
-    Bilinear upsampling is linear and per class, so classes are upsampled a chunk at a time: the
-    full (C, H, W) stack is never held.
+    via = (input_size, resized_size): the scores are first upsampled bilinearly to the padded
+    input_size, cropped to its top-left resized_size (the image without the padding), then upsampled
+    to size. Bilinear upsampling is linear and per class, so classes are upsampled a chunk at a time:
+    the full (C, H, W) stack is never held.
     """
     if scores.ndim != 3:
         raise ValueError(f"expected (h, w, C) scores, got shape {tuple(scores.shape)}")
     planes = scores.permute(2, 0, 1)[None].float()
     best = labels = None
     for start in range(0, planes.shape[1], chunk):
-        up = F.interpolate(planes[:, start : start + chunk], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        up = planes[:, start : start + chunk]
+        if via is not None:
+            (input_h, input_w), (resized_h, resized_w) = via
+            up = F.interpolate(up, size=(input_h, input_w), mode="bilinear", align_corners=False)
+            up = up[..., :resized_h, :resized_w]
+        up = F.interpolate(up, size=tuple(size), mode="bilinear", align_corners=False)[0]
         value, index = up.max(dim=0)
         if best is None:
             best, labels = value, index + start

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdex.operators.registry.presets import dense_windows
 from maskdex.operators.metrics.segmentation import class_iou, mean_iou
 from maskdex.pipelines.evaluation.methods import BASELINES, METHODS
 
@@ -143,13 +144,18 @@ def write_retrieval_report(evaluation, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def _short_side(settings) -> int:
+    """The short side images were resized to: the preset's windows, rescaled when one was asked for."""
+    return dense_windows(settings.models, settings.short_side)[0].short_side
+
+
 def _segmentation_markdown(evaluation, records: list[dict]) -> str:
     settings = evaluation.settings
     seeds = ", ".join(str(s) for s in settings.seeds)
     lines = [
         "# Segmentation evaluation", "",
         f"Data set `{evaluation.dataset}` at `{evaluation.data}`, val split: {evaluation.evaluated_images} of "
-        f"{evaluation.val_images} images evaluated. Models `{settings.models}`, short side {settings.short_side}, "
+        f"{evaluation.val_images} images evaluated. Models `{settings.models}`, short side {_short_side(settings)}, "
         f"RNS {settings.rns_steps} steps.", "",
         f"mIoU (%), mean ± sample standard deviation over seeds {seeds}:", "",
         markdown_table(records, settings.methods),

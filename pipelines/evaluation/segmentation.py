@@ -27,7 +27,7 @@ import ray
 import torch
 
 from maskdex.operators.registry.options import ModelOptions
-from maskdex.operators.registry.presets import get_preset, patch_size
+from maskdex.operators.registry.presets import dense_windows
 from maskdex.pipelines.evaluation.datasets import DatasetError, Sample, SegmentationDataset
 from maskdex.pipelines.evaluation.methods import METHODS
 from maskdex.pipelines.evaluation.worker import SegmentationWorker, WorkerSpec, memory_from_prototypes
@@ -44,7 +44,7 @@ class SegmentationEvalSettings(ModelOptions):
     methods: tuple[str, ...] = ("zero-shot", "rns")
     shots: tuple[int, ...] = (1, 5, 20)
     seeds: tuple[int, ...] = (0, 1, 2)
-    short_side: int = 448  # the paper's; must be a multiple of 4 patches
+    short_side: int | None = None  # rescales the preset's windows (448 for ViT-B/16); a multiple of 4 patches
     rns_steps: int = 700
     limit: int | None = None  # evaluate only the first N val images
     support_pool: int | None = None  # size of the random train subset supports come from (None: all)
@@ -154,11 +154,7 @@ def evaluate_segmentation(dataset: SegmentationDataset, settings: SegmentationEv
 
 def _check_models(settings: SegmentationEvalSettings) -> None:
     """Fail here, with a clear message, rather than in every actor's constructor."""
-    patch = patch_size(get_preset(settings.models).dense_clip)
-    # Support windows are a half and strides a quarter of the short side, each in whole patches.
-    if settings.short_side % (4 * patch):
-        raise ValueError(f"short side {settings.short_side} must be a multiple of {4 * patch} (4 patches of the "
-                         f"{settings.models} preset's dense CLIP)")
+    dense_windows(settings.models, settings.short_side)  # support windows are a half and strides a quarter
 
 
 # Work shared by both runners

@@ -16,14 +16,13 @@ import torch
 
 from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.common import rle as rle_codec
-from maskdex.operators.dense.features import WindowSpec
 from maskdex.operators.metrics.segmentation import confusion_matrix
 from maskdex.operators.registry.presets import dense_feature_extractor, mask_generator
 from maskdex.operators.rns.method import RNSSettings, prepare_training, rns_segment
 from maskdex.operators.rns.baselines import freeda_segment, knn_vote_segment, zero_shot_segment
 from maskdex.operators.rns.memory import SupportMemory, pool_patches
 from maskdex.operators.rns.train import head_probabilities, stack_training_sets, train_heads
-from maskdex.operators.rns.units import TestUnits, patch_units, region_units
+from maskdex.operators.rns.units import TestUnits, dense_patch_units, dense_region_units
 from maskdex.pipelines.evaluation.datasets import LabelFormat, Sample, read_sample
 
 _RNS_VARIANTS = {"rns": {}, "rns-region": {}, "rns-no-text": {"use_text": False},
@@ -34,17 +33,11 @@ _RNS_VARIANTS = {"rns": {}, "rns-region": {}, "rns-no-text": {"use_text": False}
 class WorkerSpec(ModelOptions):
     """Everything a worker needs to build its models and evaluate; small enough to ship to every actor."""
 
-    short_side: int  # test and support images are resized to this short side (the paper: 448)
+    short_side: int | None  # rescales the preset's RNS windows (presets.dense_windows); None: as they are
     classes: tuple[str, ...]
     labels: LabelFormat
     methods: tuple[str, ...]
     rns_steps: int
-
-    def windows(self) -> tuple[WindowSpec, WindowSpec]:
-        """The paper's window scheme scaled to short_side: test windows of the short side with half
-        overlap; support windows of the short side and its half, at a quarter stride."""
-        side = self.short_side
-        return WindowSpec(side, (side,), side // 2), WindowSpec(side, (side, side // 2), side // 4)
 
 
 @dataclass(frozen=True)
@@ -60,10 +53,9 @@ class SegmentationWorker:
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        test_windows, support_windows = spec.windows()
+        # The same windows as `maskdex segment` and `supports add` (one policy), unless short_side rescales them.
         self.extractor = dense_feature_extractor(spec.models, weights=spec.weights, device=spec.device,
-                                                 dtype=spec.dtype, test_windows=test_windows,
-                                                 support_windows=support_windows)
+                                                 dtype=spec.dtype, short_side=spec.short_side)
         self.device = self.extractor.device
         self.text = self.extractor.class_text_features(spec.classes).to(self.device)
         self.masks = None
@@ -75,7 +67,7 @@ class SegmentationWorker:
         """The classes a support image shows and their prototypes ((m,) int64, (m, D) float32)."""
         rgb, labels = read_sample(sample, self.spec.labels)
         dense = self.extractor.support_features(rgb)
-        classes, pooled = pool_patches(dense.features, torch.from_numpy(labels))
+        classes, pooled = pool_patches(dense.features, dense.label_grid(labels))
         return classes.numpy(), pooled.float().cpu().numpy()
 
     def confusions(self, samples: Sequence[Sample], memories: dict[tuple[int, int], SupportMemory]
@@ -83,10 +75,10 @@ class SegmentationWorker:
         """{(method, shots, seed): (C, C) confusion summed over the samples} for every memory (shots, seed)."""
         pairs = [read_sample(sample, self.spec.labels) for sample in samples]
         dense = [self.extractor.test_features(rgb) for rgb, _ in pairs]
-        patches = [patch_units(d.features.to(self.device), d.image_size) for d in dense]
+        patches = [dense_patch_units(d, self.device) for d in dense]
         regions = None
         if self.masks is not None:
-            regions = [region_units(d.features.to(self.device), self._masks(rgb)) for d, (rgb, _) in zip(dense, pairs)]
+            regions = [dense_region_units(d, self._masks(rgb), self.device) for d, (rgb, _) in zip(dense, pairs)]
         inputs = ShardInputs(patches, regions, self.text, len(self.spec.classes))
         truth = [labels for _, labels in pairs]
         out: dict[tuple[str, int, int], np.ndarray] = {}

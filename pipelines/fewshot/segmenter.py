@@ -15,11 +15,11 @@ import torch
 
 from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.common import rle as rle_codec
-from maskdex.operators.dense.features import fill_unnamed
+from maskdex.operators.dense.features import DenseFeatures, fill_unnamed
 from maskdex.operators.registry.presets import mask_generator
 from maskdex.operators.rns.method import RNSSettings, rns_segment
 from maskdex.operators.rns.memory import SupportMemory
-from maskdex.operators.rns.units import TestUnits, patch_units, region_units
+from maskdex.operators.rns.units import TestUnits, dense_patch_units, dense_region_units
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS, resize_longest_side
 from maskdex.pipelines.fewshot.dense import build_extractor, open_support_store
 from maskdex.pipelines.common.images import load_image
@@ -127,11 +127,10 @@ class Segmenter:
         # The per-image classifier trains where the model runs: on the GPU when there is one.
         device = self.extractor.device
         dense = self.extractor.test_features(loaded.rgb)
-        features = dense.features.to(device)
         if mode == "region":
-            units, regions = self._region_units(features, loaded.rgb, image_id)
+            units, regions = self._region_units(dense, loaded.rgb, image_id)
         else:
-            units, regions = patch_units(features, dense.image_size), None
+            units, regions = dense_patch_units(dense, device), None
         memory = SupportMemory(*(torch.from_numpy(array).to(device) for array in
                                  (supports.prototypes, supports.class_ids, supports.image_ids)))
         result = rns_segment(units, memory, self._text_features(names).to(device) if use_text else None,
@@ -165,7 +164,7 @@ class Segmenter:
             self._text.update(zip(missing, self.extractor.class_text_features(missing)))
         return fill_unnamed(torch.stack([self._text[text] for text in named]), [text is not None for text in texts])
 
-    def _region_units(self, features: torch.Tensor, rgb: np.ndarray, image_id: str | None) -> tuple[TestUnits, str]:
+    def _region_units(self, dense: DenseFeatures, rgb: np.ndarray, image_id: str | None) -> tuple[TestUnits, str]:
         size = rgb.shape[:2]
         rles, source = self._indexed_regions(image_id, size), "index"
         if rles is None:
@@ -179,7 +178,7 @@ class Segmenter:
         masks = np.zeros((len(rles), *size), dtype=bool)
         for index, rle in enumerate(rles):
             masks[index] = rle_codec.decode(rle)
-        return region_units(features, torch.from_numpy(masks)), source
+        return dense_region_units(dense, torch.from_numpy(masks), self.extractor.device), source
 
     def _indexed_regions(self, image_id: str | None, size: tuple[int, int]) -> list[dict] | None:
         """The stored region masks of an indexed image, or None when the index has none for it."""

@@ -69,8 +69,9 @@ class IngestSummary:
 def example_rows(extractor: DenseCLIPFeatures, set_name: str, rgb: np.ndarray, labels: np.ndarray,
                  class_names: list[str], image_id: str, uri: str | None) -> list[dict]:
     """One row per class labelled in a checked example: its prototype, pooled from the support features."""
-    features = extractor.support_features(rgb)
-    present, pooled = pool_patches(features.features, torch.from_numpy(labels))
+    dense = extractor.support_features(rgb)
+    # The labels go through the image's resize (nearest) and padding (255, ignored), as the authors' do.
+    present, pooled = pool_patches(dense.features, dense.label_grid(labels))
     counts = class_pixel_counts(labels, len(class_names))
     return [{"set_name": set_name, "class_name": class_names[int(c)], "image_id": image_id,
              "prototype": pooled[index].numpy(), "n_pixels": int(counts[int(c)]), "uri": uri}

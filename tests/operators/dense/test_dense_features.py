@@ -7,15 +7,10 @@ import torch.nn.functional as F
 
 from maskdex.operators.common.clip_models import CLIP_MEAN, CLIP_STD
 from maskdex.operators.dense.features import (
-    SUPPORT_WINDOWS,
-    TEST_WINDOWS,
     DenseCLIPFeatures,
     WindowSpec,
-    average_windows,
     interpolate_pos_embed,
     patch_tokens,
-    resized_size,
-    window_starts,
 )
 from maskdex.operators.registry.presets import dense_feature_extractor
 from maskdex.operators.common.prompts import IMAGENET_TEMPLATES
@@ -97,32 +92,6 @@ def test_other_input_sizes_run_with_interpolated_positions(extractor):
         patch_tokens(visual, torch.zeros(1, 3, 30, 48))
 
 
-def test_window_averaging_on_a_toy_grid():
-    a, b, c, d = (torch.tensor([float(v)]) for v in (1, 3, 5, 11))
-    two_windows = [((0, 0), torch.stack([a, b])[None]), ((0, 1), torch.stack([c, d])[None])]
-    torch.testing.assert_close(average_windows((1, 3), two_windows), torch.tensor([[[1.0], [4.0], [11.0]]]))
-    # windows of two sizes: a 2x2 window of 2s and a 1x1 window of 8 in its corner
-    mixed = [((0, 0), torch.full((2, 2, 1), 2.0)), ((1, 1), torch.full((1, 1, 1), 8.0))]
-    torch.testing.assert_close(average_windows((2, 2), mixed)[..., 0], torch.tensor([[2.0, 2.0], [2.0, 5.0]]))
-    with pytest.raises(ValueError, match="covered by no window"):
-        average_windows((1, 4), two_windows)
-    with pytest.raises(ValueError, match="leaves the grid"):
-        average_windows((1, 2), two_windows)
-
-
-def test_window_starts_and_resizing():
-    assert window_starts(448, 448, 224) == [0]
-    assert window_starts(672, 448, 224) == [0, 224]
-    assert window_starts(600, 448, 224) == [0, 152]  # the last window is flush with the end
-    assert window_starts(448, 224, 112) == [0, 112, 224]
-    with pytest.raises(ValueError, match="longer than"):
-        window_starts(100, 128, 32)
-    assert resized_size(480, 640, 448, 16) == (448, 592)  # 597.3 rounded to whole patches
-    assert resized_size(640, 480, 448, 16) == (592, 448)
-    assert resized_size(100, 50, 64, 8) == (128, 64)
-    assert TEST_WINDOWS == WindowSpec(448, (448,), 224) and SUPPORT_WINDOWS == WindowSpec(448, (448, 224), 112)
-
-
 def _normalised_pixels(image: np.ndarray) -> torch.Tensor:
     rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -138,6 +107,8 @@ def test_test_features_average_two_overlapping_windows(extractor):
     with torch.no_grad():
         left = patch_tokens(extractor.model.visual, pixels[..., :64])[0]
         right = patch_tokens(extractor.model.visual, pixels[..., 32:])[0]
+    # each window is normalised before the windows are averaged (the authors' rule)
+    left, right = F.normalize(left, dim=-1), F.normalize(right, dim=-1)
     expected = torch.zeros(8, 12, left.shape[-1])
     expected[:, :4] = left[:, :4]
     expected[:, 4:8] = (left[:, 4:] + right[:, :4]) / 2
@@ -148,7 +119,9 @@ def test_test_features_average_two_overlapping_windows(extractor):
 def test_support_features_cover_the_grid_and_are_normalised(extractor):
     image = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     dense = extractor.support_features(image)
-    assert dense.input_size == (64, 80) and dense.grid == (8, 10) and dense.image_size == (40, 50)
+    # 40x50 -> 64x80 (no padding needed), grid 8x10
+    assert dense.resized_size == (64, 80) and dense.input_size == (64, 80) and dense.grid == (8, 10)
+    assert dense.image_size == (40, 50)
     torch.testing.assert_close(dense.features.norm(dim=-1), torch.ones(8, 10))
     # two window sizes differ from one
     assert not torch.allclose(dense.features, extractor.test_features(image).features, atol=1e-3)
@@ -174,3 +147,5 @@ def test_bad_window_sizes_are_clear_errors(extractor):
         WindowSpec(64, (128,), 32)
     with pytest.raises(ValueError, match="at least one window"):
         WindowSpec(64, (), 32)
+    with pytest.raises(ValueError, match="shorter than short side"):
+        WindowSpec(64, (64,), 32, long_side=32)

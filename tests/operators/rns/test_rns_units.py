@@ -48,6 +48,34 @@ def test_patch_scores_are_upsampled_bilinearly_before_the_argmax():
     assert torch.equal(upsample_argmax(scores, (3, 5)), scores.argmax(dim=-1))
 
 
+def test_scores_on_a_padded_grid_are_cropped_back_to_the_image_before_the_last_upsampling():
+    # a 2x3 grid of 8-pixel patches over a 16x24 input whose top-left 12x20 is the resized image
+    scores = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    planes = scores.permute(2, 0, 1)[None]
+    on_input = F.interpolate(planes, size=(16, 24), mode="bilinear", align_corners=False)[..., :12, :20]
+    expected = F.interpolate(on_input, size=(30, 50), mode="bilinear", align_corners=False)[0].argmax(dim=0)
+    units = patch_units(torch.randn(2, 3, 5), (30, 50), input_size=(16, 24), resized_size=(12, 20))
+    got = units.labels(scores.reshape(6, 4))
+    assert torch.equal(got, expected)
+    assert torch.equal(upsample_argmax(scores, (30, 50), chunk=3, via=((16, 24), (12, 20))), expected)
+    # spreading the padded grid over the whole image instead shifts the boundaries
+    assert not torch.equal(got, upsample_argmax(scores, (30, 50)))
+    with pytest.raises(ValueError, match="go together"):
+        patch_units(torch.randn(2, 3, 5), (30, 50), input_size=(16, 24))
+    with pytest.raises(ValueError, match="exceeds"):
+        patch_units(torch.randn(2, 3, 5), (30, 50), input_size=(16, 24), resized_size=(12, 28))
+
+
+def test_regions_pool_only_the_patches_the_image_covers_on_a_padded_grid():
+    # the image (4x4 pixels) covers 1 x 1.5 patches of a 2x2 grid: its right quarter lies in column 1
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    units = region_units(FEATURES, mask, covered=(1.0, 1.5))
+    # pixel columns 0-2 lie in patch column 0 (x + 0.5) * 1.5 / 4 < 1, column 3 in patch column 1
+    torch.testing.assert_close(units.features[0], F.normalize(12 * X[0] + 4 * X[1], dim=0))
+    with pytest.raises(ValueError, match="cover part of the grid"):
+        region_units(FEATURES, mask, covered=(3.0, 1.0))
+
+
 def test_units_check_their_shapes():
     with pytest.raises(ValueError, match="exactly one of"):
         TestUnits(torch.zeros(4, 2), (2, 2))

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from maskdex.pipelines.fewshot.dense import build_extractor, open_support_store
 from maskdex.pipelines.common.class_names import read_classes_file
-from maskdex.pipelines.fewshot.supports import add_example, ingest_folder
+from maskdex.pipelines.fewshot.supports import add_example, example_rows, ingest_folder
 from maskdex.storage import SupportStore
 from tests.support.synthetic import NAMES, example, scene, write_labelled_folder
 
@@ -104,3 +105,24 @@ def test_a_classes_file_may_end_in_blank_lines(tmp_path):
     path = tmp_path / "classes.txt"
     path.write_text("sky\r\n@my backpack\r\n\r\n")
     assert read_classes_file(path) == ["sky", "@my backpack"]
+
+
+def test_example_labels_go_through_the_images_resize_and_padding(extractor):
+    # tiny preset: a 300x405 image becomes 128x173 pixels, padded to 128x176 (16x22 patches of 8)
+    image = np.random.default_rng(5).integers(0, 256, (300, 405, 3), dtype=np.uint8)
+    labels = np.zeros((300, 405), np.int64)
+    labels[:, :93] = 1  # original columns 0..92 -> resized columns 0..39 (nearest): exactly patch columns 0..4
+    rows = example_rows(extractor, "s", image, labels, ["rest", "left"], "id", None)
+    dense = extractor.support_features(image)
+    assert dense.resized_size == (128, 173) and dense.grid == (16, 22)
+    left = next(row["prototype"] for row in rows if row["class_name"] == "left")
+    expected = torch.nn.functional.normalize(dense.features[:, :5].reshape(-1, dense.features.shape[-1]).mean(0), dim=0)
+    np.testing.assert_allclose(left, expected.numpy(), atol=1e-6)
+    # the padding (columns 173..175) is ignored: the rest's prototype pools columns 5..21 only, with
+    # column 21 holding 5 image columns of 8
+    weights = torch.ones(16, 22)
+    weights[:, :5] = 0
+    weights[:, 21] = 5 / 8
+    rest = torch.nn.functional.normalize((weights[..., None] * dense.features).sum((0, 1)), dim=0)
+    np.testing.assert_allclose(next(row["prototype"] for row in rows if row["class_name"] == "rest"), rest.numpy(),
+                               atol=1e-6)
