@@ -38,6 +38,7 @@ def add_parsers(commands) -> None:
     search.add_argument("--templates", action="store_true", help="average the query over CLIP prompt templates")
     search.add_argument("--weights-dir", default=None)
     search.add_argument("--json", action="store_true", help="print results as JSON")
+    add_rerank_options(search)
     search.set_defaults(run=run_search)
 
     build = commands.add_parser("build-index", help="build or refresh the vector and scalar indexes")
@@ -73,19 +74,85 @@ def run_index(args) -> int:
     return 0
 
 
+def add_rerank_options(parser) -> None:
+    """The second stage's options (MaTIR's MLLM re-rank); shared by `search` and `eval retrieval`."""
+    from maskdex.operators.registry.rerankers import DEFAULT_MODEL, DEFAULT_TOP, QWEN25_VL
+
+    group = parser.add_argument_group("re-rank (a multimodal LLM checks the top results and points at the mask)")
+    group.add_argument("--rerank", action="store_true", help="re-rank the top results with a multimodal LLM")
+    group.add_argument("--rerank-top", type=positive_int, default=DEFAULT_TOP,
+                       help=f"first-stage results the re-ranker looks at (default {DEFAULT_TOP})")
+    group.add_argument("--rerank-backend", choices=("transformers", "openai"), default="transformers",
+                       help="transformers: a local Qwen2.5-VL; openai: an OpenAI-compatible server (default "
+                            "transformers)")
+    group.add_argument("--rerank-model", default=None,
+                       help=f"transformers: tiny, {', '.join(QWEN25_VL)} (from the weights directory) or a checkpoint "
+                            f"directory (default {DEFAULT_MODEL}); openai: the served model's name")
+    group.add_argument("--rerank-endpoint", default=None, help="openai: base URL, e.g. http://localhost:8001/v1")
+    group.add_argument("--rerank-key-env", default=None,
+                       help="openai: name of the environment variable holding the API key (keys stay off the "
+                            "command line)")
+    group.add_argument("--rerank-batch", type=positive_int, default=8,
+                       help="candidates per generate call, or requests in flight for openai (default 8)")
+    group.add_argument("--rerank-timeout", type=float, default=60.0, help="openai: seconds per request (default 60)")
+    group.add_argument("--rerank-boxes", choices=("pixels", "normalized-1000", "normalized-1"), default="pixels",
+                       help="openai: how the served model writes boxes (default pixels, as Qwen2.5-VL)")
+    group.add_argument("--rerank-device", default="auto", help="transformers: auto, cpu or cuda")
+
+
+def rerank_settings(args):
+    """RerankSettings from the options of add_rerank_options; a clear error for a missing key variable."""
+    import os
+
+    from maskdex.operators.registry.rerankers import DEFAULT_MODEL, RerankSettings
+
+    key = None
+    if args.rerank_key_env:
+        key = os.environ.get(args.rerank_key_env)
+        if not key:
+            raise ValueError(f"--rerank-key-env names ${args.rerank_key_env}, which is not set")
+    model = args.rerank_model or (DEFAULT_MODEL if args.rerank_backend == "transformers" else "")
+    return RerankSettings(backend=args.rerank_backend, model=model, top=args.rerank_top,
+                          batch_size=args.rerank_batch, device=args.rerank_device, endpoint=args.rerank_endpoint,
+                          api_key=key, timeout_s=args.rerank_timeout, box_convention=args.rerank_boxes).check()
+
+
 def run_search(args) -> int:
     from maskdex.pipelines.search import TextSearcher
 
-    results = TextSearcher(args.db, weights=args.weights_dir).search(args.text, k=args.k, templates=args.templates)
+    searcher = TextSearcher(args.db, weights=args.weights_dir)
+    if args.rerank:
+        from maskdex.operators.registry.rerankers import build_reranker
+        from maskdex.pipelines.rerank import ResultReranker, search_and_rerank
+
+        settings = rerank_settings(args)
+        reranker = ResultReranker(build_reranker(settings, weights=args.weights_dir), searcher.store,
+                                  top=settings.top)
+        results = search_and_rerank(searcher, reranker, args.text, k=args.k, templates=args.templates)
+    else:
+        results = searcher.search(args.text, k=args.k, templates=args.templates)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     if not results:
         print("no results (is the database empty?)")
-    print(f"{'rank':>4} {'score':>7}  {'region box (x, y, w, h)':>24}  uri")
+    print(f"{'rank':>4} {'score':>7}  {'region box (x, y, w, h)':>24}  " + ("re-rank  " if args.rerank else "") + "uri")
     for rank, result in enumerate(results, 1):
-        print(f"{rank:4d} {result['score']:7.3f}  {str(tuple(result['region']['bbox'])):>24}  {result['uri']}")
+        verdict = f"{_rerank_label(result):<8} " if args.rerank else ""
+        print(f"{rank:4d} {result['score']:7.3f}  {str(tuple(result['region']['bbox'])):>24}  {verdict}{result['uri']}")
+    if args.rerank:
+        unusable = [result["rerank"] for result in results if result["rerank"]["status"] in ("unparsed", "error")]
+        if unusable:
+            print(f"{len(unusable)} result(s) kept their first-stage rank: the re-ranker's reply was not usable "
+                  f"(first: {unusable[0]['status']}: {unusable[0]['reason']})")
     return 0
+
+
+def _rerank_label(result: dict) -> str:
+    rerank = result["rerank"]
+    moved = rerank["first_stage_rank"] - rerank["rank"]
+    arrow = f"+{moved}" if moved > 0 else (str(moved) if moved < 0 else "")
+    return f"{rerank['status'][:4]}{arrow}"
 
 
 def run_build_index(args) -> int:
