@@ -52,6 +52,8 @@ class ResultReranker:
         if loaded:
             try:
                 answered = self.reranker.replies(text, [images[i] for i in loaded])
+                if len(answered) != len(loaded):
+                    raise RuntimeError(f"{len(answered)} replies for {len(loaded)} images")
             except Exception as error:  # a backend bug must not cost the user the first-stage results
                 answered = [Reply(None, None, f"re-ranker failed: {type(error).__name__}: {error}")] * len(loaded)
             for index, reply in zip(loaded, answered):
@@ -155,3 +157,10 @@ def search_and_rerank(searcher, reranker: ResultReranker, text: str, *, k: int =
     query = searcher.embed([text], templates=templates)[0]
     results = searcher.lookup(query, k=max(k, reranker.top), oversample=oversample, filters=filters)
     return reranker.rerank(text, results, query)[:k]
+
+
+def not_reranked(results: list[dict], reason: str) -> list[dict]:
+    """First-stage results, each marked as not re-ranked because of `reason`."""
+    return [{**result, "first_stage_region": result["region"],
+             "rerank": {"status": ERROR, "box": None, "boxes": [], "reason": reason, "first_stage_rank": rank,
+                        "rank": rank, "moved": False}} for rank, result in enumerate(results)]

@@ -49,7 +49,7 @@ class Reply:
 class Reranker(ABC):
     """Asks a multimodal LLM about each candidate; never raises for a bad reply (that is a Reply.error)."""
 
-    #: how many candidates one call of `replies` may take at once (1: one by one)
+    #: how many candidates one model call takes at once (1: one by one)
     batch_size: int = 1
     #: a short name for reports ("transformers:Qwen2.5-VL-7B-Instruct", "openai:http://...")
     name: str = "reranker"
@@ -57,8 +57,13 @@ class Reranker(ABC):
     prompt_template: str = DEFAULT_PROMPT
 
     @abstractmethod
+    def judge(self, queries: list[str], images: list[np.ndarray]) -> list[Reply]:
+        """One Reply per (query, H x W x 3 uint8 image) pair, in order; the pairs may come from several
+        searches (the service batches candidates of concurrent queries into one call)."""
+
     def replies(self, query: str, images: list[np.ndarray]) -> list[Reply]:
-        """One Reply per H x W x 3 uint8 image, in order."""
+        """One Reply per image, all for the same query."""
+        return self.judge([query] * len(images), images)
 
     def prompt(self, query: str) -> str:
         return self.prompt_template.replace("{query}", query.strip()).replace("{{", "{").replace("}}", "}")

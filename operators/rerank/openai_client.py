@@ -73,9 +73,8 @@ class OpenAIReranker(Reranker):
             self.prompt_template = prompt_template
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rerank-http")
 
-    def replies(self, query: str, images: list[np.ndarray]) -> list[Reply]:
-        prompt = self.prompt(query)
-        return list(self._pool.map(lambda image: self._ask(prompt, image), images))
+    def judge(self, queries: list[str], images: list[np.ndarray]) -> list[Reply]:
+        return list(self._pool.map(lambda pair: self._ask(self.prompt(pair[0]), pair[1]), zip(queries, images)))
 
     def _ask(self, prompt: str, image: np.ndarray) -> Reply:
         data_url, frame = self._encode(image)

@@ -33,23 +33,24 @@ class TransformersReranker(Reranker):
         patch = getattr(processor.image_processor, "patch_size", 14)
         self._patch = int(patch if isinstance(patch, int) else patch[0])
 
-    def replies(self, query: str, images: list[np.ndarray]) -> list[Reply]:
+    def judge(self, queries: list[str], images: list[np.ndarray]) -> list[Reply]:
         out: list[Reply] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             try:
-                out += self._generate(query, chunk)
+                out += self._generate(queries[start:start + self.batch_size], chunk)
             except (RuntimeError, ValueError) as error:  # e.g. out of memory or an image the processor refuses
                 out += [Reply(None, None, f"{type(error).__name__}: {error}")] * len(chunk)
         return out
 
     @torch.inference_mode()
-    def _generate(self, query: str, images: list[np.ndarray]) -> list[Reply]:
+    def _generate(self, queries: list[str], images: list[np.ndarray]) -> list[Reply]:
         from PIL import Image
 
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt(query)}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text] * len(images), images=[Image.fromarray(image) for image in images],
+        texts = [self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt(query)}]}],
+            add_generation_prompt=True, tokenize=False) for query in queries]
+        inputs = self.processor(text=texts, images=[Image.fromarray(image) for image in images],
                                 return_tensors="pt", padding=True)
         grids = inputs["image_grid_thw"].tolist()
         inputs = {key: (value.to(self.device, dtype=self.dtype) if value.is_floating_point() else value.to(self.device))
