@@ -3,11 +3,15 @@ chat-completions server that answers from the tiny Qwen2.5-VL, then misbehaves; 
 
 from __future__ import annotations
 
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 import pytest
 import requests
+from PIL import Image
 
 from maskdex.operators.common import rle
 from tests.support.chat_server import ChatServer, Misbehave, tiny_model_answer
@@ -89,26 +93,80 @@ def test_concurrent_reranked_searches_each_get_their_own_candidates(rerank_servi
         assert sorted(r["image_id"] for r in answer.json()) == sorted(r["image_id"] for r in plain)
 
 
-def test_a_confirmed_candidate_moves_ahead(rerank_service, chat_server):
-    first = _search(rerank_service, k=2)
-    seen = []
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((8, 8), Image.BILINEAR), dtype=np.float32)
+
+
+def _confirm_second(service, first):
+    """An answer() that confirms the first stage's second candidate (told apart by its look) with a box, and
+    rejects everything else."""
+    second = _thumbnail(np.asarray(Image.open(io.BytesIO(service.get(f"/images/{first[1]['image_id']}").content))
+                                   .convert("RGB")))
+    others = [_thumbnail(np.asarray(Image.open(io.BytesIO(service.get(f"/images/{r['image_id']}").content))
+                                    .convert("RGB"))) for r in first if r is not first[1]]
 
     def answer(prompt, image):
-        seen.append(image.shape)
-        # Confirm the candidate the first stage put second; reject the first.
-        return '{"present": "yes", "boxes": [[0, 0, 56, 56]]}' if len(seen) == 2 else "no"
+        small = _thumbnail(image)
+        if np.abs(small - second).mean() < min(np.abs(small - other).mean() for other in others):
+            return 'Yes: {"present": "yes", "boxes": [[0, 0, 56, 56]]}'
+        return "no"
 
-    chat_server.answer = answer
+    return answer
+
+
+def test_a_confirmed_candidate_moves_ahead(rerank_service, chat_server):
+    first = _search(rerank_service, k=3)
+    chat_server.answer = _confirm_second(rerank_service, first)
     try:
-        results = _search(rerank_service, k=2, rerank=True, rerank_top=2)
+        results = _search(rerank_service, k=3, rerank=True, rerank_top=2)
     finally:
         chat_server.answer = chat_server.default_answer
-    statuses = sorted(r["rerank"]["status"] for r in results)
-    assert statuses == ["confirmed", "rejected"]
-    assert results[0]["rerank"]["status"] == "confirmed"
-    confirmed_first = results[0]["rerank"]["first_stage_rank"]
-    assert results[0]["image_id"] == first[confirmed_first]["image_id"]
-    assert results[0]["rerank"]["moved"] == (confirmed_first == 1)
+    assert [r["image_id"] for r in results] == [first[i]["image_id"] for i in (1, 0, 2)]
+    assert [r["rerank"]["status"] for r in results] == ["confirmed", "rejected", "skipped"]
+    assert results[0]["rerank"]["moved"] and results[1]["rerank"]["moved"]
+    assert results[0]["first_stage_region"] == first[1]["region"]
+    assert results[0]["rerank"]["box"] is not None and results[0]["rerank"]["iou"] > 0
+
+
+def test_the_page_shows_what_the_reranker_moved_with_the_matched_mask(rerank_service, chat_server):
+    import os
+
+    from tests.jobs.serve.test_serve_browser import CHROMIUM, CHROMIUM_ARGS, MASK_PIXELS
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    first = _search(rerank_service, k=3)
+    chat_server.answer = _confirm_second(rerank_service, first)
+    try:
+        expected = _search(rerank_service, k=3, rerank=True, rerank_top=2)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(rerank_service.url + "/")
+            page.fill("#search-text", "a cat")
+            page.fill("#search-k", "3")
+            page.check("#search-rerank")
+            page.click("#search-form button[type=submit]")
+            page.wait_for_function("document.getElementById('search-status').textContent.endsWith('results')",
+                                   timeout=60_000)
+            cards = page.query_selector_all(".result")
+            shown = [(card.get_attribute("data-image-id"), card.get_attribute("data-rerank"),
+                      card.get_attribute("data-moved"), card.query_selector(".rerank").inner_text(),
+                      card.query_selector("canvas.mask").evaluate(MASK_PIXELS)[0]) for card in cards]
+            browser.close()
+    finally:
+        chat_server.answer = chat_server.default_answer
+    assert not errors, errors
+    assert [s[0] for s in shown] == [r["image_id"] for r in expected]
+    assert [s[1] for s in shown] == ["confirmed", "rejected", "skipped"]
+    assert [s[2] for s in shown] == ["true", "true", "false"]
+    assert "\u2191" in shown[0][3] and "was #2" in shown[0][3]
+    # The mask drawn on the moved card is the region the re-ranker's box matched.
+    assert shown[0][4] == rle.area(expected[0]["region"]["rle"])
 
 
 @pytest.mark.parametrize("misbehaviour, cause", [
