@@ -116,8 +116,16 @@ def load_qwen25_vl(model: str, weights: str | os.PathLike | None = None, *, max_
     options = {} if max_pixels is None else {"max_pixels": max_pixels}
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True, **options)
-        network = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                                                     dtype="auto")
+        network, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, dtype="auto", output_loading_info=True)
     except (OSError, ValueError, KeyError) as error:
         raise BadCheckpointError(f"cannot load the Qwen2.5-VL checkpoint at {path}: {error}") from error
+    # transformers fills missing weights with random ones and only warns: a partial checkpoint is an error here.
+    problems = {label: sorted(info.get(key) or []) for key, label in (
+        ("missing_keys", "missing keys"), ("mismatched_keys", "shape mismatches"), ("unexpected_keys", "unexpected keys"))}
+    problems = {label: [str(item) for item in items] for label, items in problems.items() if items}
+    if problems:
+        raise BadCheckpointError(f"the Qwen2.5-VL checkpoint at {path} does not fit the model: " + "; ".join(
+            f"{len(items)} {label}: {', '.join(items[:10])}" + (" ..." if len(items) > 10 else "")
+            for label, items in problems.items()))
     return network, processor
