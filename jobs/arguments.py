@@ -35,9 +35,9 @@ def add_rerank_options(parser) -> None:
     group.add_argument("--rerank", action="store_true", help="re-rank the top results with a multimodal LLM")
     group.add_argument("--rerank-top", type=positive_int, default=DEFAULT_TOP,
                        help=f"first-stage results the re-ranker looks at (default {DEFAULT_TOP})")
-    group.add_argument("--rerank-backend", choices=("transformers", "openai"), default="transformers",
-                       help="transformers: a local Qwen2.5-VL; openai: an OpenAI-compatible server (default "
-                            "transformers)")
+    group.add_argument("--rerank-backend", choices=("transformers", "openai", "tiny"), default="transformers",
+                       help="transformers: a local Qwen2.5-VL; openai: an OpenAI-compatible server; tiny: a "
+                            "random-weight Qwen2.5-VL for tests and offline demos (default transformers)")
     group.add_argument("--rerank-model", default=None,
                        help=f"transformers: tiny, {', '.join(QWEN25_VL)} (from the weights directory) or a checkpoint "
                             f"directory (default {DEFAULT_MODEL}); openai: the served model's name")

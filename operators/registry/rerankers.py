@@ -15,7 +15,8 @@ from pathlib import Path
 
 from maskdex.operators.registry.weights import MissingWeightsError, downloads_allowed, weights_dir
 
-BACKENDS = ("transformers", "openai")
+# tiny: the transformers backend with the random-weight tiny Qwen2.5-VL, whatever `model` says.
+BACKENDS = ("transformers", "openai", "tiny")
 # Sizes of the released instruct models: folder name in the weights directory = the hub repo's name.
 QWEN25_VL = {
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
@@ -33,7 +34,7 @@ DEFAULT_TOP = 20
 class RerankSettings:
     """Everything that picks and tunes a re-ranker (CLI options and the service config map onto it)."""
 
-    backend: str = "transformers"  # transformers | openai
+    backend: str = "transformers"  # transformers | openai | tiny
     model: str = DEFAULT_MODEL  # transformers: tiny, a preset name or a checkpoint directory; openai: served name
     top: int = DEFAULT_TOP  # first-stage candidates the re-ranker looks at
     batch_size: int = 8  # candidates per generate call (transformers) or requests in flight (openai)
@@ -72,7 +73,7 @@ def build_reranker(settings: RerankSettings, *, weights: str | os.PathLike | Non
                               prompt_template=settings.prompt, **options)
     from maskdex.operators.rerank.qwen import TransformersReranker
 
-    if settings.model == "tiny":
+    if settings.backend == "tiny" or settings.model == "tiny":
         from maskdex.operators.rerank.tiny import tiny_model_and_processor
 
         model, processor = tiny_model_and_processor()
@@ -80,7 +81,8 @@ def build_reranker(settings: RerankSettings, *, weights: str | os.PathLike | Non
         model, processor = load_qwen25_vl(settings.model, weights, max_pixels=settings.max_pixels)
     return TransformersReranker(model, processor, device=settings.device, dtype=settings.dtype,
                                 batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
-                                name=f"transformers:{settings.model}", prompt_template=settings.prompt)
+                                name="transformers:tiny" if settings.backend == "tiny" else f"transformers:{settings.model}",
+                                prompt_template=settings.prompt)
 
 
 def qwen25_vl_dir(model: str, weights: str | os.PathLike | None = None) -> Path:

@@ -90,7 +90,7 @@ def test_tiny_backend_end_to_end_in_the_cli(indexed, searcher, capsys):
     assert all(item["reason"] and "reply" in item for item in unparsed)
     assert [r["image_id"] for r in results] == [r["image_id"] for r in first]
 
-    assert main(["search", QUERY, "--db", db, "-k", "4", "--rerank", "--rerank-model", "tiny", "--rerank-top", "3",
+    assert main(["search", QUERY, "--db", db, "-k", "4", "--rerank", "--rerank-backend", "tiny", "--rerank-top", "3",
                  "--rerank-device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "kept their first-stage rank" in table and "unparsed" in table
