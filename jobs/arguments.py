@@ -41,3 +41,46 @@ def at_least(minimum: int):
 
 
 positive_int = at_least(1)
+
+
+def add_rerank_options(parser) -> None:
+    """The second stage's options (MaTIR's MLLM re-rank); shared by `search` and `eval retrieval`."""
+    from maskdex.operators.registry.rerankers import DEFAULT_MODEL, DEFAULT_TOP, QWEN25_VL
+
+    group = parser.add_argument_group("re-rank (a multimodal LLM checks the top results and points at the mask)")
+    group.add_argument("--rerank", action="store_true", help="re-rank the top results with a multimodal LLM")
+    group.add_argument("--rerank-top", type=positive_int, default=DEFAULT_TOP,
+                       help=f"first-stage results the re-ranker looks at (default {DEFAULT_TOP})")
+    group.add_argument("--rerank-backend", choices=("transformers", "openai", "tiny"), default="transformers",
+                       help="transformers: a local Qwen2.5-VL; openai: an OpenAI-compatible server; tiny: a "
+                            "random-weight Qwen2.5-VL for tests and offline demos (default transformers)")
+    group.add_argument("--rerank-model", default=None,
+                       help=f"transformers: tiny, {', '.join(QWEN25_VL)} (from the weights directory) or a checkpoint "
+                            f"directory (default {DEFAULT_MODEL}); openai: the served model's name")
+    group.add_argument("--rerank-endpoint", default=None, help="openai: base URL, e.g. http://localhost:8001/v1")
+    group.add_argument("--rerank-key-env", default=None,
+                       help="openai: name of the environment variable holding the API key (keys stay off the "
+                            "command line)")
+    group.add_argument("--rerank-batch", type=positive_int, default=8,
+                       help="candidates per generate call, or requests in flight for openai (default 8)")
+    group.add_argument("--rerank-timeout", type=float, default=60.0, help="openai: seconds per request (default 60)")
+    group.add_argument("--rerank-boxes", choices=("pixels", "normalized-1000", "normalized-1"), default="pixels",
+                       help="openai: how the served model writes boxes (default pixels, as Qwen2.5-VL)")
+    group.add_argument("--rerank-device", default="auto", help="transformers: auto, cpu or cuda")
+
+
+def rerank_settings(args):
+    """RerankSettings from the options of add_rerank_options; a clear error for a missing key variable."""
+    import os
+
+    from maskdex.operators.registry.rerankers import DEFAULT_MODEL, RerankSettings
+
+    key = None
+    if args.rerank_key_env:
+        key = os.environ.get(args.rerank_key_env)
+        if not key:
+            raise ValueError(f"--rerank-key-env names ${args.rerank_key_env}, which is not set")
+    model = args.rerank_model or (DEFAULT_MODEL if args.rerank_backend == "transformers" else "")
+    return RerankSettings(backend=args.rerank_backend, model=model, top=args.rerank_top,
+                          batch_size=args.rerank_batch, device=args.rerank_device, endpoint=args.rerank_endpoint,
+                          api_key=key, timeout_s=args.rerank_timeout, box_convention=args.rerank_boxes).check()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskdex.jobs.arguments import add_db, add_model_options, at_least, model_options
+from maskdex.jobs.arguments import add_db, add_model_options, add_rerank_options, at_least, model_options, rerank_settings
 
 from maskdex.pipelines.evaluation.datasets import DATASETS
 from maskdex.pipelines.evaluation.methods import METHODS, parse_methods
@@ -58,6 +58,7 @@ def add_parsers(commands) -> None:
     ret.add_argument("--iou", type=float, default=0.5, help="mask IoU for an object-level match (default 0.5)")
     ret.add_argument("--templates", action="store_true", help="average each query over CLIP prompt templates")
     add_model_options(ret, preset=False)
+    add_rerank_options(ret)
     ret.set_defaults(run=run_retrieval)
 
 
@@ -89,12 +90,23 @@ def run_retrieval(args) -> int:
     if not 0.0 < args.iou <= 1.0:
         raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
     evaluation = evaluate_retrieval(args.db, args.annotations, k=args.k, iou_threshold=args.iou,
-                                    weights=args.weights_dir, device=args.device, templates=args.templates)
+                                    weights=args.weights_dir, device=args.device, templates=args.templates,
+                                    rerank=rerank_settings(args) if args.rerank else None)
     paths = write_retrieval_report(evaluation, args.out)
+    after = evaluation.metrics_reranked()
+    if after is not None:
+        print(f"{'':>12} {'first stage':>11} {'re-ranked':>10}")
     for name, value in evaluation.metrics().items():
-        print(f"{name:>12} {'n/a' if value is None else f'{100 * value:.1f}'}")
+        if after is None:
+            print(f"{name:>12} {_percent(value)}")
+        else:
+            print(f"{name:>12} {_percent(value):>11} {_percent(after[name]):>10}")
     print(f"report: {paths['report']}")
     return 0
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _methods(text: str) -> tuple[str, ...]:

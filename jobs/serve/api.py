@@ -139,9 +139,10 @@ def _form_int(text: str | None, name: str) -> int | None:
 @serve.deployment(name="Api")
 @serve.ingress(app)
 class Api:
-    def __init__(self, encoder, segmenter, config: dict):
+    def __init__(self, encoder, segmenter, config: dict, reranker=None):
         self.encoder = encoder
         self.segmenter = segmenter
+        self.reranker = reranker
         self.config = MaskdexConfig.model_validate(config)
         self.limits = self.config.limits
         self._index = None
@@ -168,6 +169,10 @@ class Api:
         query = parse_json(await self._body(request), SearchRequest)
         check_search(query, self.limits)
         filters = query.filters.model_dump(exclude_none=True) if query.filters else None
+        if query.rerank:
+            from maskdex.jobs.serve.rerank_route import reranked_search
+
+            return await reranked_search(self, query, filters, _model_call)
         return await _model_call(self.encoder.search.remote(query.text, query.k, query.oversample, query.templates,
                                                             filters))
 

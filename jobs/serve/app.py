@@ -14,7 +14,7 @@ from maskdex.jobs.serve.config import ServiceConfig, load_config, parse_config
 APP_NAME = "maskdex"
 # How many requests a replica takes at once unless configured: the encoder must hold several batches
 # for batching to happen; the segmenter runs one image at a time and queues one more.
-_DEFAULT_ONGOING = {"TextEncoder": 64, "Segmenter": 2, "Api": 256}
+_DEFAULT_ONGOING = {"TextEncoder": 64, "Segmenter": 2, "Api": 256, "Reranker": 32}
 
 
 def build_app(args: dict):
@@ -36,7 +36,13 @@ def build(config: ServiceConfig):
 
     encoder = TextEncoder.options(**options("TextEncoder")).bind(settings)
     segmenter = SegmenterModel.options(**options("Segmenter")).bind(settings)
-    return Api.options(**options("Api")).bind(encoder, segmenter, settings)
+    reranker = None
+    if config.maskdex.rerank is not None:
+        from maskdex.jobs.serve.reranker import RerankerModel
+
+        config.maskdex.rerank.settings()  # a bad re-rank section fails here, before any replica starts
+        reranker = RerankerModel.options(**options("Reranker")).bind(settings)
+    return Api.options(**options("Api")).bind(encoder, segmenter, settings, reranker)
 
 
 def start(config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None) -> str:

@@ -7,9 +7,15 @@ maskdex:
   preset: tiny
   token: null            # a bearer token that POST /supports must carry; null: writes are open
   limits: {max_k: 100}
+  rerank:                # optional: enables POST /search {"rerank": true} (MaTIR's second stage)
+    backend: transformers          # or openai (endpoint, model, api_key_env)
+    model: qwen2.5-vl-7b           # folder Qwen2.5-VL-7B-Instruct in the weights directory; tiny for tests
+    top: 20
+    batching: {max_batch_size: 8, batch_wait_timeout_s: 0.05}
 deployments:
   TextEncoder: {num_replicas: 1, ray_actor_options: {num_gpus: 1}}
   Segmenter: {autoscaling_config: {min_replicas: 1, max_replicas: 4}, ray_actor_options: {num_gpus: 1}}
+  Reranker: {num_replicas: 1, ray_actor_options: {num_gpus: 1}}
 ```
 """
 
@@ -20,10 +26,11 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Deployments the application is made of; options for any other name are refused as a typo.
-DEPLOYMENTS = ("Api", "TextEncoder", "Segmenter")
+DEPLOYMENTS = ("Api", "TextEncoder", "Segmenter", "Reranker")
 # What each deployment reserves unless configured otherwise: small CPU shares, so that the whole
 # service fits a laptop or a test's local Ray; a cluster's config gives the model deployments GPUs.
-DEFAULT_ACTOR_OPTIONS = {"Api": {"num_cpus": 0.1}, "TextEncoder": {"num_cpus": 0.5}, "Segmenter": {"num_cpus": 0.5}}
+DEFAULT_ACTOR_OPTIONS = {"Api": {"num_cpus": 0.1}, "TextEncoder": {"num_cpus": 0.5}, "Segmenter": {"num_cpus": 0.5},
+                         "Reranker": {"num_cpus": 0.5}}
 _SERVE_OPTIONS = ("num_replicas", "autoscaling_config", "ray_actor_options", "max_ongoing_requests",
                   "health_check_period_s", "graceful_shutdown_timeout_s")
 
@@ -48,6 +55,49 @@ class Batching(BaseModel):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
 
 
+class RerankBatching(BaseModel):
+    """How the re-ranker gathers candidates (of one or several searches) into one model call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+
+
+class RerankConfig(BaseModel):
+    """The second stage's model; endpoint and key live here, never in a request (see RerankSettings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = "transformers"
+    model: str | None = None  # default: qwen2.5-vl-7b (transformers); the served name (openai)
+    top: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    device: str = "auto"
+    dtype: str | None = "bfloat16"
+    max_pixels: int | None = Field(None, ge=3136)
+    endpoint: str | None = None
+    api_key_env: str | None = None  # the name of the environment variable that holds the key
+    timeout_s: float = Field(60.0, gt=0)
+    box_convention: str = "pixels"
+    prompt: str | None = None
+    batching: RerankBatching = RerankBatching()
+
+    def settings(self):
+        from maskdex.operators.registry.rerankers import DEFAULT_MODEL, RerankSettings
+
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if self.api_key_env and not key:
+            raise ValueError(f"rerank.api_key_env names ${self.api_key_env}, which is not set")
+        model = self.model or (DEFAULT_MODEL if self.backend == "transformers" else "")
+        return RerankSettings(backend=self.backend, model=model, top=self.top, batch_size=self.batch_size,
+                              max_new_tokens=self.max_new_tokens, device=self.device, dtype=self.dtype,
+                              max_pixels=self.max_pixels, endpoint=self.endpoint, api_key=key,
+                              timeout_s=self.timeout_s, box_convention=self.box_convention,
+                              prompt=self.prompt).check()
+
+
 class MaskdexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +110,7 @@ class MaskdexConfig(BaseModel):
     rns_steps: int = Field(700, ge=1)  # steps of the per-image classifier (design.md section 3)
     limits: Limits = Limits()
     batching: Batching = Batching()
+    rerank: RerankConfig | None = None  # None: the service answers searches with the first stage only
 
 
 class ServiceConfig(BaseModel):

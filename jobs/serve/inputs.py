@@ -42,6 +42,8 @@ class SearchRequest(BaseModel):
     oversample: StrictInt = 10
     templates: StrictBool = False
     filters: SearchFilters | None = None
+    rerank: StrictBool = False  # MaTIR's second stage over the top rerank_top (the service's default)
+    rerank_top: StrictInt | None = None
 
 
 class SegmentRequest(BaseModel):

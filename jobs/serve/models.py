@@ -36,6 +36,16 @@ class TextEncoder:
         query = await self._embed((text, templates))
         return await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
 
+    async def search_with_query(self, text: str, k: int, oversample: int, templates: bool,
+                                filters: dict | None) -> tuple[list[dict], np.ndarray]:
+        """search(), plus the query vector (the re-ranker scores stored regions with it)."""
+        from maskdex.pipelines.search import check_query_text
+
+        check_query_text(text)
+        query = await self._embed((text, templates))
+        results = await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
+        return results, query
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _embed(self, queries: list[tuple[str, bool]]) -> list[np.ndarray]:
         vectors: list = [None] * len(queries)

@@ -136,8 +136,7 @@ def write_retrieval_report(evaluation, out_dir: str | Path) -> dict[str, Path]:
         f"{summary['queries']} queries over {summary['corpus_images']} images "
         f"({summary['missing_images']} annotated images not in the index, "
         f"{summary['queries_without_relevant']} queries without a relevant image left out).", "",
-        "| metric | value |", "|---|---:|",
-        *[f"| {name} | {_percent(value)} |" for name, value in summary["metrics"].items()], "",
+        *_retrieval_table(summary), "",
         evaluation.definitions, "",
     ]
     paths["report"].write_text("\n".join(lines))
@@ -147,6 +146,19 @@ def write_retrieval_report(evaluation, out_dir: str | Path) -> dict[str, Path]:
 def _short_side(settings) -> int:
     """The short side images were resized to: the preset's windows, rescaled when one was asked for."""
     return dense_windows(settings.models, settings.short_side)[0].short_side
+
+
+def _retrieval_table(summary: dict) -> list[str]:
+    """One column of metrics, or first stage and re-ranked side by side when the second stage ran."""
+    if summary.get("metrics_reranked") is None:
+        return ["| metric | value |", "|---|---:|",
+                *[f"| {name} | {_percent(value)} |" for name, value in summary["metrics"].items()]]
+    rerank, after = summary["rerank"], summary["metrics_reranked"]
+    statuses = ", ".join(f"{n} {status}" for status, n in summary["rerank_statuses"].items()) or "none"
+    return [f"Re-ranked: the top {rerank['top']} of each query by `{rerank['backend']}` (MaTIR's second stage; "
+            f"candidates: {statuses}).", "",
+            "| metric | first stage | re-ranked |", "|---|---:|---:|",
+            *[f"| {name} | {_percent(value)} | {_percent(after[name])} |" for name, value in summary["metrics"].items()]]
 
 
 def _segmentation_markdown(evaluation, records: list[dict]) -> str:

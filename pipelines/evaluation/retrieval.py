@@ -25,7 +25,7 @@ import numpy as np
 
 from maskdex.operators.common import rle as rle_codec
 from maskdex.operators.metrics.retrieval import average_precision_at_k, matches_an_instance, recall_at_k
-from maskdex.pipelines.search import TextSearcher
+from maskdex.pipelines.search import TextSearcher, check_query_text
 
 RECALL_AT = (1, 5, 10)
 DEFINITIONS = (
@@ -53,6 +53,8 @@ class QueryResult:
     ap_object: float
     recall: dict[str, float]
     ranked: list[dict] = field(default_factory=list)  # {file_name, score, relevant, object_relevant}
+    # The same measures after MaTIR's second stage (--rerank): {"ap", "ap_object", "recall", "ranked", "statuses"}.
+    reranked: dict | None = None
 
 
 @dataclass
@@ -67,25 +69,47 @@ class RetrievalEvaluation:
     queries: list[QueryResult]
     queries_without_relevant: list[str]
     definitions: str = DEFINITIONS
+    rerank: dict | None = None  # {"backend", "top"} when the second stage ran
 
     def metrics(self) -> dict[str, float | None]:
+        return self._metrics([(q.ap, q.ap_object, q.recall) for q in self.queries])
+
+    def metrics_reranked(self) -> dict[str, float | None] | None:
+        """The same metrics after the re-rank, or None when it did not run."""
+        if self.rerank is None:
+            return None
+        return self._metrics([(q.reranked["ap"], q.reranked["ap_object"], q.reranked["recall"]) for q in self.queries])
+
+    def rerank_statuses(self) -> dict[str, int]:
+        """How many re-ranked candidates ended in each status (confirmed, rejected, unparsed, error)."""
+        counts: dict[str, int] = defaultdict(int)
+        for q in self.queries:
+            for status, n in (q.reranked or {}).get("statuses", {}).items():
+                counts[status] += n
+        return dict(sorted(counts.items()))
+
+    def _metrics(self, rows) -> dict[str, float | None]:
         def mean(values):
             return float(np.mean(values)) if values else None
 
         t = round(100 * self.iou_threshold)
-        out = {f"mAP@{self.k}": mean([q.ap for q in self.queries]),
-               f"mAP@{self.k}@{t}": mean([q.ap_object for q in self.queries])}
+        out = {f"mAP@{self.k}": mean([ap for ap, _, _ in rows]),
+               f"mAP@{self.k}@{t}": mean([ap_object for _, ap_object, _ in rows])}
         for at in RECALL_AT:
             if at <= self.k:
-                out[f"recall@{at}"] = mean([q.recall[f"recall@{at}"] for q in self.queries])
+                out[f"recall@{at}"] = mean([recall[f"recall@{at}"] for _, _, recall in rows])
         return out
 
     def summary(self) -> dict:
-        return {"db": self.db, "annotations": self.annotations, "models": self.models, "k": self.k,
-                "iou_threshold": self.iou_threshold, "queries": len(self.queries),
-                "corpus_images": self.corpus_images, "missing_images": len(self.missing_images),
-                "missing_examples": self.missing_images[:20],
-                "queries_without_relevant": len(self.queries_without_relevant), "metrics": self.metrics()}
+        summary = {"db": self.db, "annotations": self.annotations, "models": self.models, "k": self.k,
+                   "iou_threshold": self.iou_threshold, "queries": len(self.queries),
+                   "corpus_images": self.corpus_images, "missing_images": len(self.missing_images),
+                   "missing_examples": self.missing_images[:20],
+                   "queries_without_relevant": len(self.queries_without_relevant), "metrics": self.metrics()}
+        if self.rerank is not None:
+            summary.update(rerank=self.rerank, metrics_reranked=self.metrics_reranked(),
+                           rerank_statuses=self.rerank_statuses())
+        return summary
 
 
 def load_annotations(path: str | os.PathLike) -> GroundTruth:
@@ -147,11 +171,19 @@ def match_images(images: dict[int, dict], indexed: dict[str, str]) -> dict[int, 
 
 def evaluate_retrieval(db: str, annotations: str | os.PathLike, *, k: int = 50, iou_threshold: float = 0.5,
                        weights: str | None = None, device: str = "auto", templates: bool = False,
-                       oversample: int = 10) -> RetrievalEvaluation:
+                       oversample: int = 10, rerank=None) -> RetrievalEvaluation:
+    """rerank: a RerankSettings (operators/registry/rerankers.py) to measure MaTIR's second stage as well:
+    every query is then scored on the first-stage ranking and on the re-ranked one, from one search."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     truth = load_annotations(annotations)
     searcher = TextSearcher(db, weights=weights, device=device)
+    reranker = None
+    if rerank is not None:
+        from maskdex.operators.registry.rerankers import build_reranker
+        from maskdex.pipelines.rerank import ResultReranker
+
+        reranker = ResultReranker(build_reranker(rerank, weights=weights), searcher.store, top=rerank.top)
     indexed = searcher.store.image_uris()
     matched = match_images(truth.images, indexed)
     if not matched:
@@ -166,29 +198,54 @@ def evaluate_retrieval(db: str, annotations: str | os.PathLike, *, k: int = 50, 
         if not shown:
             empty.append(name)
             continue
-        results = searcher.search(name, k=k, oversample=oversample, templates=templates, filters=filters)
-        ranked = []
-        for result in results:
-            gt_id = to_truth[result["image_id"]]
-            masks = shown.get(gt_id, [])
-            try:
-                object_hit = matches_an_instance(result["region"]["rle"], masks, iou_threshold)
-            except ValueError as error:
-                raise ValueError(f"query {name!r}, image {truth.images[gt_id]['file_name']}: {error} (was the "
-                                 f"image indexed from another file than the annotated one?)") from error
-            ranked.append({"file_name": truth.images[gt_id]["file_name"], "score": result["score"],
-                           "relevant": bool(masks), "object_relevant": object_hit})
-        image_hits = [r["relevant"] for r in ranked]
-        queries.append(QueryResult(
-            query=name, category_id=category_id, relevant_images=len(shown),
-            ap=average_precision_at_k(image_hits, len(shown), k),
-            ap_object=average_precision_at_k([r["object_relevant"] for r in ranked], len(shown), k),
-            recall={f"recall@{at}": recall_at_k(image_hits, at) for at in RECALL_AT if at <= k},
-            ranked=ranked))
+        check_query_text(name)
+        query = searcher.embed([name], templates=templates)[0]
+        wanted = k if reranker is None else max(k, reranker.top)
+        results = searcher.lookup(query, k=wanted, oversample=oversample, filters=filters)
+        ranked = _judge_ranking(results[:k], name, shown, truth, to_truth, iou_threshold)
+        measures = _measures(ranked, len(shown), k)
+        second = None
+        if reranker is not None:
+            reordered = reranker.rerank(name, results, query)[:k]
+            statuses: dict[str, int] = defaultdict(int)
+            for result in reordered:
+                if result["rerank"]["status"] != "skipped":
+                    statuses[result["rerank"]["status"]] += 1
+            reranked_rows = _judge_ranking(reordered, name, shown, truth, to_truth, iou_threshold)
+            for row, result in zip(reranked_rows, reordered):
+                row["rerank"] = result["rerank"]["status"]
+            second = {**_measures(reranked_rows, len(shown), k), "ranked": reranked_rows, "statuses": dict(statuses)}
+        queries.append(QueryResult(query=name, category_id=category_id, relevant_images=len(shown), **measures,
+                                   ranked=ranked, reranked=second))
     missing = sorted(info["file_name"] for gt_id, info in truth.images.items() if gt_id not in matched)
     return RetrievalEvaluation(db=db, annotations=str(annotations), models=searcher.store.models, k=k,
                                iou_threshold=iou_threshold, corpus_images=len(matched), missing_images=missing,
-                               queries=queries, queries_without_relevant=empty)
+                               queries=queries, queries_without_relevant=empty,
+                               rerank=None if reranker is None else {"backend": reranker.reranker.name,
+                                                                     "top": reranker.top})
+
+
+def _judge_ranking(results: list[dict], name: str, shown: dict, truth: GroundTruth, to_truth: dict,
+                   iou_threshold: float) -> list[dict]:
+    ranked = []
+    for result in results:
+        gt_id = to_truth[result["image_id"]]
+        masks = shown.get(gt_id, [])
+        try:
+            object_hit = matches_an_instance(result["region"]["rle"], masks, iou_threshold)
+        except ValueError as error:
+            raise ValueError(f"query {name!r}, image {truth.images[gt_id]['file_name']}: {error} (was the "
+                             f"image indexed from another file than the annotated one?)") from error
+        ranked.append({"file_name": truth.images[gt_id]["file_name"], "score": result["score"],
+                       "relevant": bool(masks), "object_relevant": object_hit})
+    return ranked
+
+
+def _measures(ranked: list[dict], relevant: int, k: int) -> dict:
+    image_hits = [r["relevant"] for r in ranked]
+    return {"ap": average_precision_at_k(image_hits, relevant, k),
+            "ap_object": average_precision_at_k([r["object_relevant"] for r in ranked], relevant, k),
+            "recall": {f"recall@{at}": recall_at_k(image_hits, at) for at in RECALL_AT if at <= k}}
 
 
 def _basename(path: str) -> str:

@@ -101,7 +101,9 @@ async function showResult(result, grid) {
   const stack = document.createElement("div");
   stack.className = "stack";
   stack.append(base, mask);
-  card.append(stack, caption, pick);
+  card.append(stack, caption);
+  if (result.rerank) card.append(rerankNote(result, card));
+  card.append(pick);
   grid.append(card);
   const image = await loadImage("/images/" + result.image_id);
   base.width = image.naturalWidth; base.height = image.naturalHeight;
@@ -109,6 +111,31 @@ async function showResult(result, grid) {
   context.drawImage(image, 0, 0);
   drawMask(mask, result.region.rle);
   context.drawImage(mask, 0, 0);  // the photo with its matched region tinted
+  if (result.rerank && result.rerank.box) drawBox(context, result.rerank.box);
+}
+
+// What the re-ranker did to a result: its verdict, how far it moved, and whether the mask is the one
+// its box pointed at (the first stage's region otherwise).
+function rerankNote(result, card) {
+  const r = result.rerank;
+  const note = document.createElement("div");
+  const shift = r.first_stage_rank - r.rank;
+  card.dataset.rerank = r.status;
+  card.dataset.moved = r.moved ? "true" : "false";
+  let text = "re-rank: " + r.status;
+  if (r.moved) text += (shift > 0 ? " \u2191" + shift : " \u2193" + (-shift)) + " (was #" + (r.first_stage_rank + 1) + ")";
+  if (r.region_changed) text += ", mask from its box";
+  if (r.reason) text += " \u2014 " + r.reason;
+  note.textContent = text;
+  note.className = "rerank " + r.status + (r.moved ? " moved" : "");
+  return note;
+}
+
+function drawBox(context, box) {
+  const [x, y, w, h] = box;
+  context.strokeStyle = "#0a0";
+  context.lineWidth = Math.max(2, Math.round(context.canvas.width / 150));
+  context.strokeRect(x, y, w, h);
 }
 
 async function search(event) {
@@ -118,7 +145,9 @@ async function search(event) {
   setStatus("search-status", "searching...");
   try {
     const k = parseInt(document.getElementById("search-k").value, 10) || 12;
-    const results = await postJson("/search", {text: document.getElementById("search-text").value, k});
+    const body = {text: document.getElementById("search-text").value, k};
+    if (document.getElementById("search-rerank").checked) body.rerank = true;
+    const results = await postJson("/search", body);
     await Promise.all(results.map((result) => showResult(result, grid)));
     setStatus("search-status", results.length + " results");
   } catch (error) {

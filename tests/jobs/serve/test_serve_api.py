@@ -58,6 +58,11 @@ def test_search_matches_the_in_process_searcher_and_the_cli(service, searcher, c
     assert [r["image_id"] for r in filtered] == [only]
 
 
+def test_rerank_without_a_reranker_configured_is_a_clear_400(service):
+    response = service.post("/search", json={"text": "a cat", "k": 3, "rerank": True})
+    assert response.status_code == 400 and "no re-ranker" in response.json()["error"]
+
+
 def test_concurrent_queries_are_answered_each_with_its_own_results(service, searcher):
     texts = ["a cat", "a cup of coffee", "an astronaut", "a flag", "grass", "a rocket"] * 3
     with ThreadPoolExecutor(8) as pool:
