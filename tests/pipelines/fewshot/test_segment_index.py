@@ -82,9 +82,12 @@ def labels_of(row: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(row["labels_png"])))
 
 
-def test_a_killed_job_resumes_and_segments_every_image_exactly_once(corpus):
+def test_a_killed_job_resumes_and_segments_every_image_exactly_once(corpus, ray_local):
     db, paths = corpus
-    args = ["--db", db, "--set", "scenes", "--all", "--seed", "11", "--batch-size", "2", "--commit-every", "2"]
+    # The CLI joins the tests' Ray instance as a cluster, which outlives the killed driver (and whose
+    # start on a loaded machine the test does not pay for again).
+    args = ["--db", db, "--set", "scenes", "--all", "--seed", "11", "--batch-size", "2", "--commit-every", "2",
+            "--address", ray_local.get_runtime_context().gcs_address]
     first = subprocess.Popen([MASKDEX, "segment-index", *args], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=REPO)
     try:
