@@ -16,7 +16,7 @@ from maskdex.operators.rns.memory import SupportMemory
 from maskdex.operators.rns.method import RNSTraining, prepare_training, rns_segment
 from maskdex.operators.rns.train import head_probabilities, stack_training_sets, train_heads
 from maskdex.operators.rns.units import TestUnits, patch_units
-from maskdex.pipelines.fewshot.labels import check_class_names, has_text_name
+from maskdex.pipelines.fewshot.labels import has_text_name
 from maskdex.pipelines.fewshot.segmenter import MODES, SegmentResult, Segmenter, uses_text
 
 
@@ -40,11 +40,9 @@ def segment_batch(segmenter: Segmenter, images: list[BatchImage], set_name: str,
                   ) -> list[SegmentResult | Exception]:
     """Segmenter.segment for every image, the heads trained together. An image that fails gets its
     exception in its place; the others go on. What would fail them all (no such set, classes that
-    cannot be predicted, a bad mode) raises."""
+    cannot be predicted, a bad mode) raises; the class names are those check_request accepted."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if classes is not None:
-        classes = check_class_names(classes, where="classes")
     supports = segmenter._supports(set_name, classes)
     names = supports.classes
     named = [has_text_name(name) for name in names]
