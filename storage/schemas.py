@@ -14,6 +14,7 @@ import pyarrow as pa
 IMAGES = "images"
 REGIONS = "regions"
 SUPPORTS = "supports"
+SEGMENTATIONS = "segmentations"
 
 MODELS_KEY = b"maskdex.models"
 EMBED_DIM_KEY = b"maskdex.embed_dim"
@@ -78,6 +79,42 @@ def supports_schema(dim: int, dense_model: str) -> pa.Schema:
             pa.field("added_at", TIMESTAMP_TYPE, nullable=False),
         ],
         metadata=_build_record(dim, dense_model),
+    )
+
+
+# The segmentations table holds no vectors, so it records which maskdex table it is instead of a build.
+TABLE_KEY = b"maskdex.table"
+
+
+def segmentations_schema() -> pa.Schema:
+    """One row per (image_id, set_name, class_key, mode, shots_only, seed, models): a corpus segmentation
+    (design.md section 2, `segmentations`). labels_png holds class indices into `classes`;
+    pixel_fractions[i] is the share of the image's pixels labelled classes[i]."""
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("set_name", pa.string(), nullable=False),
+            pa.field("classes", pa.list_(pa.string()), nullable=False),
+            pa.field("class_key", pa.string(), nullable=False),  # the classes as JSON: one string to key on
+            pa.field("mode", pa.string(), nullable=False),
+            pa.field("shots_only", pa.bool_(), nullable=False),
+            pa.field("seed", pa.int64(), nullable=False),
+            pa.field("models", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            # A failed image has no result.
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("labels_png", pa.binary()),
+            pa.field("pixel_fractions", pa.list_(pa.float32())),
+            pa.field("visual_support", pa.list_(pa.string())),
+            pa.field("text_support", pa.list_(pa.string())),
+            pa.field("used_fallback", pa.bool_()),
+            pa.field("regions", pa.string()),  # region mode: "index" or "sam2"
+            pa.field("segmented_at", TIMESTAMP_TYPE, nullable=False),
+        ],
+        metadata={TABLE_KEY: SEGMENTATIONS.encode()},
     )
 
 

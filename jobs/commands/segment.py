@@ -1,4 +1,4 @@
-"""`maskdex supports add|list|remove` and `maskdex segment`."""
+"""`maskdex supports add|list|remove`, `maskdex segment` and `maskdex segment-index`."""
 
 from __future__ import annotations
 
@@ -53,6 +53,29 @@ def add_parsers(commands) -> None:
                          help="most segmenter actors when there are several images (default 1)")
     segment.add_argument("--json", action="store_true", help="print the summaries as JSON")
     segment.set_defaults(run=run_segment)
+
+    corpus = commands.add_parser("segment-index", help="segment the indexed images (all, or a search's top k) "
+                                 "with a support set, into the database's segmentations table")
+    add_db(corpus)
+    corpus.add_argument("--set", required=True, dest="set_name", help="support set to segment with")
+    corpus.add_argument("--classes", type=_class_list, default=None,
+                        help="comma-separated classes, in label-id order (default: all of the set's, sorted)")
+    which = corpus.add_mutually_exclusive_group(required=True)
+    which.add_argument("--query", default=None, help="segment the top k images of this text search")
+    which.add_argument("--all", action="store_true", help="segment every image of the index")
+    corpus.add_argument("-k", type=positive_int, default=None, help="how many search results with --query (default 100)")
+    corpus.add_argument("--mode", choices=("patch", "region"), default="patch",
+                        help="classify patches, or the index's SAM 2 regions")
+    corpus.add_argument("--shots-only", action="store_true", help="use the examples only, not the class names")
+    corpus.add_argument("--seed", type=int, default=0, help="seed of the per-image classifiers' initialisation")
+    _models(corpus)
+    corpus.add_argument("--actors", type=positive_int, default=1, help="most segmenter actors (default 1)")
+    corpus.add_argument("--batch-size", type=positive_int, default=8,
+                        help="images per actor call, whose classifiers train together (default 8)")
+    corpus.add_argument("--commit-every", type=positive_int, default=16, help="results per commit (default 16)")
+    corpus.add_argument("--retry-failed", action="store_true", help="segment again the images that failed before")
+    corpus.add_argument("--json", action="store_true", help="print the summary as JSON")
+    corpus.set_defaults(run=run_segment_index)
 
 
 def _models_and_cluster(parser) -> None:
@@ -144,3 +167,30 @@ def _render(summary: dict) -> str:
     shares = ", ".join(f"{name} {100 * summary['pixel_fractions'][name]:.1f}%" for name in summary["found"])
     note = "  (zero-shot: no class had examples)" if summary["used_fallback"] else ""
     return f"{summary['image']}: {shares}{note}\n  -> {summary['outputs']['overlay']}"
+
+
+def run_segment_index(args) -> int:
+    import sys
+    from dataclasses import replace
+
+    from maskdex.pipelines.fewshot.segment_index import SegmentIndexSettings, Selection, run_segment_index as run
+    from maskdex.pipelines.fewshot.segment_job import SegmentRequest
+    from maskdex.pipelines.fewshot.segmenter import SegmentSettings
+
+    if args.k is not None and args.query is None:
+        raise ValueError("-k goes with --query (--all segments every indexed image)")
+    selection = Selection(args.query, args.k or 100) if args.query is not None else Selection()
+    request = SegmentRequest(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
+                             args.shots_only, args.seed)
+    settings = SegmentIndexSettings(
+        segment=SegmentSettings(models=args.models, weights=args.weights_dir, device=args.device),
+        actors=replace(_resources(args), batch_size=args.batch_size), commit_every=args.commit_every,
+        retry_failed=args.retry_failed)
+
+    def progress(summary) -> None:
+        print(f"  {summary.ok + summary.failed}/{summary.selected - summary.skipped} images "
+              f"({summary.failed} failed)", file=sys.stderr, flush=True)
+
+    summary = run(args.db, request, selection, settings, address=args.address, progress=progress)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
+    return 0

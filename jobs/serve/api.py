@@ -190,6 +190,14 @@ class Api:
         regions = [{key: value for key, value in region.items() if key != "embedding"} for region in stored]
         return {"image_id": image_id, "width": row["width"], "height": row["height"], "regions": regions}
 
+    @app.get("/images/{image_id}/segmentation")
+    async def segmentation(self, image_id: str, request: Request) -> dict:
+        """The image's stored corpus segmentation (maskdex segment-index); see jobs/serve/segmentations.py."""
+        from maskdex.jobs.serve.segmentations import parse_params, stored_segmentation
+
+        params = parse_params(dict(request.query_params))
+        return await asyncio.to_thread(lambda: stored_segmentation(self._segmentation_store(), image_id, params))
+
     # Segmentation and support sets
 
     @app.post("/segment")
@@ -287,6 +295,17 @@ class Api:
 
             self._index = IndexStore.open(self.config.db, models=None, embed_dim=None, read_only=True)
         return self._index
+
+    def _segmentation_store(self):
+        """The segmentations table, or None while the database has none (looked for again next time)."""
+        if getattr(self, "_segmentations", None) is None:
+            from maskdex.storage.segmentation_store import SegmentationStore
+
+            try:
+                self._segmentations = SegmentationStore.open(self.config.db, create=False)
+            except FileNotFoundError:
+                return None
+        return self._segmentations
 
     def _indexed(self, image_id: str) -> dict:
         """The images row of an indexed image; ids come from the request, paths only from the table."""

@@ -98,12 +98,16 @@ async function showResult(result, grid) {
     document.getElementById("segment-picked").textContent = "picked " + result.image_id.slice(0, 12);
     document.getElementById("segment-file").value = "";
   };
+  const stored = document.createElement("button");
+  stored.textContent = "Stored segmentation";
+  stored.type = "button";
+  stored.onclick = () => showStoredSegmentation(result.image_id);
   const stack = document.createElement("div");
   stack.className = "stack";
   stack.append(base, mask);
   card.append(stack, caption);
   if (result.rerank) card.append(rerankNote(result, card));
-  card.append(pick);
+  card.append(pick, stored);
   grid.append(card);
   const image = await loadImage("/images/" + result.image_id);
   base.width = image.naturalWidth; base.height = image.naturalHeight;
@@ -226,6 +230,24 @@ async function drawSegmentation(result, source) {
     item.append(swatch, name + "  " + share + "%  (" + (support || "no support") + ")");
     return item;
   }));
+}
+
+// What `maskdex segment-index` stored for an indexed image, with the set (and classes, mode) chosen above.
+async function showStoredSegmentation(imageId) {
+  const params = new URLSearchParams({set: document.getElementById("segment-set").value,
+                                      mode: document.getElementById("segment-mode").value});
+  const classes = classesField();
+  if (classes) params.set("classes", JSON.stringify(classes));
+  setStatus("segment-status", "loading the stored segmentation...");
+  try {
+    const url = "/images/" + imageId + "/segmentation?" + params;
+    const result = await readResponse(await fetch(url));
+    await drawSegmentation(result, "/images/" + imageId);
+    setStatus("segment-status", "stored segmentation of " + imageId.slice(0, 12) + " (" + result.mode +
+              ", seed " + result.seed + ", " + result.segmented_at + ")");
+  } catch (error) {
+    setStatus("segment-status", error.message, true);
+  }
 }
 
 document.getElementById("search-form").addEventListener("submit", search);

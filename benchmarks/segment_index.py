@@ -1,0 +1,148 @@
+"""segment-index throughput: the Ray Data job against the same calls in a plain loop in one process.
+
+    python -m benchmarks.segment_index [--images 24] [--repeats 3] [--models tiny] [--batch-size 8] [--actors N]
+
+The corpus (the sample photos, turned and mirrored so that no two share bytes) is indexed once,
+untimed, with a support set of synthetic scenes beside it. Then every repeat segments all of it
+three ways, each into its own key of the segmentations table (another seed), so none skips work:
+- plain loop: one Segmenter in this process; batches of --batch-size images through the job's own
+  per-batch call (load, check, RNS with the heads trained together, PNG), committed as the job does;
+- plain loop, one image at a time: Segmenter.segment per image (what `maskdex segment` does), for
+  what batching the heads is worth;
+- Ray Data job: run_segment_index with --actors actors of one thread each.
+All include building the models. The loops give torch every core. Prints medians and the ratio
+job / loop (images per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+from PIL import Image
+
+from maskdex.jobs.commands.samples import write_samples
+from maskdex.operators.registry.presets import get_preset
+from maskdex.pipelines.fewshot.segment_index import (
+    SegmentIndexSettings,
+    Selection,
+    ok_row,
+    run_segment_index,
+    segment_rows,
+    segmentation_key,
+)
+from maskdex.pipelines.fewshot.segment_job import SegmentRequest
+from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
+from maskdex.pipelines.index.job import IndexSettings, run_index
+from maskdex.storage.index_store import IndexStore
+from maskdex.storage.segmentation_store import SegmentationStore
+from tests.support.synthetic import add_scenes
+
+
+def _corpus(directory: Path, count: int) -> list[str]:
+    photos = write_samples(directory / "base")
+    for index in range(count):
+        variant = index // len(photos)
+        image = Image.open(photos[index % len(photos)]).rotate(90 * (variant % 4), expand=True)
+        if variant // 4 % 2:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image.thumbnail((320, 320))
+        image.convert("RGB").save(directory / f"{index:04d}.png")
+    return [str(path) for path in sorted(directory.glob("*.png"))]
+
+
+def _loop(db: str, request: SegmentRequest, settings: SegmentIndexSettings, *, batched: bool) -> float:
+    started = time.perf_counter()
+    torch_threads(os.cpu_count() or 1)
+    key = segmentation_key(db, request, settings.segment)
+    request = replace(request, classes=key.classes)
+    items = [{"image_id": image_id, "uri": uri}
+             for image_id, uri in sorted(IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+                                         .image_uris().items())]
+    store = SegmentationStore.open(db)
+    segmenter = Segmenter(db, settings.segment)
+    rows = []
+    size = settings.actors.batch_size if batched else 1
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        if batched:
+            rows += segment_rows(segmenter, chunk, request)
+        else:
+            item = chunk[0]
+            rows.append(ok_row(item, segmenter.segment(item["uri"], request.set_name, request.class_list,
+                                                       mode=request.mode, seed=request.seed,
+                                                       image_id=item["image_id"])))
+        if len(rows) >= settings.commit_every:
+            store.commit(key, rows)
+            rows = []
+    if rows:
+        store.commit(key, rows)
+    assert store.count(key) == len(items)
+    return time.perf_counter() - started
+
+
+def torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="tiny")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--mode", default="patch", choices=("patch", "region"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--actors", type=int, default=None, help="job actors (default: one per CPU, or per GPU)")
+    args = parser.parse_args()
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = args.actors or gpus or (os.cpu_count() or 1)
+    segment = SegmentSettings(models=args.models, device=args.device)
+    if args.device == "auto":
+        segment = replace(segment, device="cuda" if gpus else "cpu")
+    settings = SegmentIndexSettings(segment=segment, actors=replace(
+        SegmentIndexSettings().actors, max_actors=actors, batch_size=args.batch_size,
+        num_gpus=1.0 if gpus else 0.0))
+    with tempfile.TemporaryDirectory() as scratch:
+        files = _corpus(Path(scratch) / "corpus", args.images)
+        db = f"{scratch}/db"
+        indexed = run_index(files, db, IndexSettings(models=args.models, device=segment.device, build_index=False))
+        assert indexed.ok == len(files), indexed.render()
+        add_scenes(Segmenter(db, segment, create=True), "scenes", per_class=2, seed=0)
+        loop_s, single_s, job_s = [], [], []
+        for repeat in range(args.repeats):
+            def request(run: int) -> SegmentRequest:
+                return SegmentRequest("scenes", mode=args.mode, seed=3 * repeat + run)
+
+            loop_s.append(_loop(db, request(0), settings, batched=True))
+            single_s.append(_loop(db, request(1), settings, batched=False))
+            started = time.perf_counter()
+            summary = run_segment_index(db, request(2), Selection(), settings)
+            job_s.append(time.perf_counter() - started)
+            assert summary.ok == len(files), summary.render()
+    loop, single, job = (statistics.median(times) for times in (loop_s, single_s, job_s))
+    device = f"{gpus} GPUs" if gpus else f"{os.cpu_count()} CPUs"
+    print(f"preset {get_preset(args.models).name}, {len(files)} images, {args.mode} mode, {device}, median of "
+          f"{args.repeats}; heads trained {args.batch_size} at a time; job actors: {actors}")
+    print(f"| {'run':34s} | {'seconds':>8s} | {'images / s':>10s} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|")
+    print(f"| {'plain loop, batched (baseline)':34s} | {loop:8.1f} | {len(files) / loop:10.2f} |")
+    print(f"| {'plain loop, one image at a time':34s} | {single:8.1f} | {len(files) / single:10.2f} |")
+    print(f"| {'Ray Data job':34s} | {job:8.1f} | {len(files) / job:10.2f} |")
+    print(f"ratio job / loop (images per second): {loop / job:.2f}")
+    print(f"ratio batched / one at a time (loop): {single / loop:.2f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""SegmentationStore: the `segmentations` table, few-shot segmentations of indexed images.
+
+A row is keyed by its image and the run that made it (SegmentationKey: support set, classes, mode,
+shots-only, seed, models), so segmentations of one image with other sets or settings live side by
+side, and a re-run of the same key finds its finished images and skips them. A failed image has a
+row too (status 'failed', error naming the cause), so a resumed run does not retry it unless asked.
+
+One writer per key at a time (a job's driver): commit skips rows whose key is already stored and
+collapses repeats inside a batch, and every commit is one Lance commit, so a killed writer leaves
+whole batches or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import lancedb
+import pyarrow as pa
+from lancedb.index import BTree
+
+from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
+from maskdex.storage.search import sql_string, sql_strings
+
+_READ_CONSISTENCY = timedelta(0)  # a service reading results must see a job's commits at once
+_ID_CHUNK = 1000
+_RESULT_FIELDS = ("width", "height", "labels_png", "pixel_fractions")
+
+
+@dataclass(frozen=True)
+class SegmentationKey:
+    """Everything besides the image that decides a segmentation."""
+
+    set_name: str
+    classes: tuple[str, ...]  # the label ids' classes, in order (resolved: never "all of the set")
+    mode: str
+    models: str
+    shots_only: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.classes:
+            raise ValueError("a segmentation key needs its classes")
+
+    @property
+    def class_key(self) -> str:
+        return json.dumps(list(self.classes), ensure_ascii=False)
+
+    def where(self) -> str:
+        return " AND ".join([f"set_name = {sql_string(self.set_name)}", f"class_key = {sql_string(self.class_key)}",
+                             f"mode = {sql_string(self.mode)}", f"models = {sql_string(self.models)}",
+                             f"shots_only = {'true' if self.shots_only else 'false'}", f"seed = {int(self.seed)}"])
+
+    def columns(self) -> dict:
+        return {"set_name": self.set_name, "classes": list(self.classes), "class_key": self.class_key,
+                "mode": self.mode, "models": self.models, "shots_only": bool(self.shots_only), "seed": int(self.seed)}
+
+
+class SegmentationStore:
+    """Open with `SegmentationStore.open`."""
+
+    def __init__(self, uri: str, table):
+        self.uri = uri
+        self._table = table
+
+    @classmethod
+    def open(cls, uri: str, *, create: bool = True) -> SegmentationStore:
+        """The segmentations table of the database at uri, created on first use (create=True).
+        Without create, a database without one is a FileNotFoundError."""
+        if not create and "://" not in uri and not os.path.isdir(uri):
+            raise FileNotFoundError(f"no segmentations at {uri}: there is no such folder")
+        db = lancedb.connect(uri, read_consistency_interval=_READ_CONSISTENCY)
+        if SEGMENTATIONS in db:
+            table = db.open_table(SEGMENTATIONS)
+            if (table.schema.metadata or {}).get(TABLE_KEY) != SEGMENTATIONS.encode():
+                raise ValueError(f"table {SEGMENTATIONS} at {uri} was not created by maskdex")
+        elif not create:
+            raise FileNotFoundError(f"no segmentations at {uri}: run `maskdex segment-index` first")
+        else:
+            table = db.create_table(SEGMENTATIONS, schema=segmentations_schema(), exist_ok=True)
+            if not any(tuple(index.columns) == ("image_id",) for index in table.list_indices()):
+                table.create_index("image_id", config=BTree(), replace=False)
+        return cls(uri, table)
+
+    # Writing
+
+    def done_image_ids(self, key: SegmentationKey) -> set[str]:
+        """The images that have a row for this key (ok or failed)."""
+        return set(self._where(key.where(), ["image_id"])["image_id"].to_pylist())
+
+    def commit(self, key: SegmentationKey, rows: list[dict]) -> int:
+        """Write a batch of rows of one key: each {image_id, uri, status, and error when failed, or
+        width, height, labels_png, pixel_fractions (one per class), visual_support, text_support,
+        used_fallback, regions when ok}. Images already stored for the key, and repeats in the batch
+        (first wins), are skipped. Raises ValueError, writing nothing, on a bad row. Returns rows written."""
+        kept: dict[str, dict] = {}
+        for index, row in enumerate(rows):
+            _check_row(index, row, key)
+            kept.setdefault(row["image_id"], row)
+        for chunk in _chunks(list(kept), _ID_CHUNK):
+            stored = self._where(f"{key.where()} AND image_id IN {sql_strings(chunk)}", ["image_id"])
+            for image_id in stored["image_id"].to_pylist():
+                kept.pop(image_id, None)
+        if not kept:
+            return 0
+        now = datetime.now(timezone.utc)
+        schema = segmentations_schema()
+        full = [{**{name: None for name in schema.names}, **row, **key.columns(), "segmented_at": now}
+                for row in kept.values()]
+        try:
+            table = pa.Table.from_pylist(full, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as error:
+            raise ValueError(f"segmentations batch does not fit the table: {error}") from error
+        self._table.add(table)
+        return table.num_rows
+
+    def forget_failed(self, key: SegmentationKey) -> int:
+        """Delete the key's failed rows, so that a re-run retries those images."""
+        return self._table.delete(f"{key.where()} AND status = 'failed'").num_deleted_rows
+
+    def optimize(self) -> None:
+        """Compact the small fragments that per-batch commits leave."""
+        self._table.optimize()
+
+    # Reading
+
+    def rows(self, key: SegmentationKey) -> list[dict]:
+        return self._where(key.where()).to_pylist()
+
+    def find(self, image_id: str, *, set_name: str | None = None, classes: list[str] | None = None,
+             mode: str | None = None, models: str | None = None) -> list[dict]:
+        """An image's segmentations that match the given fields, newest first."""
+        clauses = [f"image_id = {sql_string(image_id)}"]
+        if set_name is not None:
+            clauses.append(f"set_name = {sql_string(set_name)}")
+        if classes is not None:
+            clauses.append(f"class_key = {sql_string(json.dumps(list(classes), ensure_ascii=False))}")
+        if mode is not None:
+            clauses.append(f"mode = {sql_string(mode)}")
+        if models is not None:
+            clauses.append(f"models = {sql_string(models)}")
+        found = self._where(" AND ".join(clauses)).to_pylist()
+        return sorted(found, key=lambda row: row["segmented_at"], reverse=True)
+
+    def count(self, key: SegmentationKey | None = None) -> int:
+        return self._table.count_rows(key.where() if key else None)
+
+    def _where(self, where: str | None, columns: list[str] | None = None) -> pa.Table:
+        query = self._table.search()
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
+
+def _check_row(index: int, row: dict, key: SegmentationKey) -> None:
+    where = f"segmentations[{index}] ({row.get('image_id', '?')})"
+    missing = [name for name in ("image_id", "uri", "status") if not row.get(name)]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}")
+    if row["status"] not in STATUSES:
+        raise ValueError(f"{where}: status must be one of {STATUSES}, got {row['status']!r}")
+    if row["status"] == "failed":
+        if not row.get("error"):
+            raise ValueError(f"{where}: status 'failed' needs an error message")
+        if row.get("labels_png") is not None:
+            raise ValueError(f"{where}: status 'failed' with a result")
+        return
+    missing = [name for name in _RESULT_FIELDS if row.get(name) is None]
+    if missing:
+        raise ValueError(f"{where}: status 'ok' but no {', '.join(missing)}")
+    if row.get("error") is not None:
+        raise ValueError(f"{where}: status 'ok' with an error ({row['error']!r})")
+    if len(row["pixel_fractions"]) != len(key.classes):
+        raise ValueError(f"{where}: {len(row['pixel_fractions'])} pixel fractions for {len(key.classes)} classes")
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
