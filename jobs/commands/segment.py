@@ -68,7 +68,7 @@ def add_parsers(commands) -> None:
                         help="classify patches, or the index's SAM 2 regions")
     corpus.add_argument("--shots-only", action="store_true", help="use the examples only, not the class names")
     corpus.add_argument("--seed", type=int, default=0, help="seed of the per-image classifiers' initialisation")
-    _models(corpus)
+    _models_and_cluster(corpus)
     corpus.add_argument("--actors", type=positive_int, default=1, help="most segmenter actors (default 1)")
     corpus.add_argument("--batch-size", type=positive_int, default=8,
                         help="images per actor call, whose classifiers train together (default 8)")
@@ -183,7 +183,7 @@ def run_segment_index(args) -> int:
     request = SegmentRequest(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
                              args.shots_only, args.seed)
     settings = SegmentIndexSettings(
-        segment=SegmentSettings(models=args.models, weights=args.weights_dir, device=args.device),
+        segment=SegmentSettings(**model_options(args)),
         actors=replace(_resources(args), batch_size=args.batch_size), commit_every=args.commit_every,
         retry_failed=args.retry_failed)
 
