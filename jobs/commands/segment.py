@@ -170,7 +170,6 @@ def _render(summary: dict) -> str:
 
 
 def run_segment_index(args) -> int:
-    import sys
     from dataclasses import replace
 
     from maskdex.pipelines.fewshot.segment_index import SegmentIndexSettings, Selection, run_segment_index as run
@@ -186,11 +185,6 @@ def run_segment_index(args) -> int:
         segment=SegmentSettings(**model_options(args)),
         actors=replace(_resources(args), batch_size=args.batch_size), commit_every=args.commit_every,
         retry_failed=args.retry_failed)
-
-    def progress(summary) -> None:
-        print(f"  {summary.ok + summary.failed}/{summary.selected - summary.skipped} images "
-              f"({summary.failed} failed)", file=sys.stderr, flush=True)
-
-    summary = run(args.db, request, selection, settings, address=args.address, progress=progress)
+    summary = run(args.db, request, selection, settings, address=args.address)
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
     return 0

@@ -8,7 +8,6 @@ its name means nothing to the text encoder, so RNS gives it the mean text featur
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 from PIL import Image

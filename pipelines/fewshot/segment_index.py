@@ -22,6 +22,7 @@ import ray
 
 from maskdex.operators.registry.presets import get_preset
 from maskdex.pipelines.common.images import load_image
+from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.fewshot.batched import BatchImage, segment_batch
 from maskdex.pipelines.fewshot.dense import open_support_store
@@ -122,10 +123,9 @@ def select_images(db: str, selection: Selection, settings: SegmentSettings) -> l
 
 
 def run_segment_index(db: str, request: SegmentRequest, selection: Selection = Selection(),
-                      settings: SegmentIndexSettings = SegmentIndexSettings(), address: str | None = None,
-                      progress=None) -> SegmentIndexSummary:
-    """Segment the selected images of the index at db into its segmentations table; see the module doc.
-    progress(summary) is called after every commit."""
+                      settings: SegmentIndexSettings = SegmentIndexSettings(),
+                      address: str | None = None) -> SegmentIndexSummary:
+    """Segment the selected images of the index at db into its segmentations table; see the module doc."""
     started = time.perf_counter()
     key = segmentation_key(db, request, settings.segment)
     request = replace(request, classes=key.classes)  # every actor labels with the same class order
@@ -146,6 +146,7 @@ def run_segment_index(db: str, request: SegmentRequest, selection: Selection = S
                                    "threads": max(1, int(actors.num_cpus))},
             **actor_pool(actors),
         )
+        progress = Progress("segment-index", len(todo))
         for batch in dataset.iter_batches(batch_size=settings.commit_every, batch_format="numpy"):
             rows = [table_row(batch, index) for index in range(len(batch["image_id"]))]
             store.commit(key, rows)
@@ -155,9 +156,7 @@ def run_segment_index(db: str, request: SegmentRequest, selection: Selection = S
                 else:
                     summary.failed += 1
                     summary.failures.append((row["uri"], row["error"]))
-            summary.seconds = time.perf_counter() - started
-            if progress is not None:
-                progress(summary)
+            progress.advance(len(rows))
         store.optimize()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -7,7 +7,6 @@ import importlib
 import re
 import shlex
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml

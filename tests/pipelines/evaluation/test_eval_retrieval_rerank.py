@@ -1,4 +1,4 @@
-"""`maskdex eval retrieval --rerank`: the planted index of test_eval_retrieval.py with real image files, and a
+"""`maskdex eval retrieval --rerank`: the planted index of tests/support/planted_retrieval.py with real image files, and a
 loopback chat-completions server whose literal verdicts fix the re-ranked order, so both columns of the
 report can be computed by hand."""
 
@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from maskdex.jobs.cli import main
-from tests.pipelines.evaluation.test_eval_retrieval import CAR_AP, CAR_AP_OBJECT, CAT_AP, CAT_AP_OBJECT, SIZE
-from tests.pipelines.evaluation.test_eval_retrieval import planted  # noqa: F401 (the fixture)
+from tests.support.planted_retrieval import CAR_AP, CAR_AP_OBJECT, CAT_AP, CAT_AP_OBJECT, SIZE
 from tests.support.chat_server import ChatServer
 
 COLOURS = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255), "d": (255, 255, 0), "e": (255, 0, 255),
