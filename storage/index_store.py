@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from maskdex.storage import rows, schemas, search as region_search, vector_index
+from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
 from maskdex.storage.schemas import IMAGES, REGIONS
 
 # Every read first checks for a newer table version (a fraction of a millisecond on a local
@@ -22,6 +23,9 @@ from maskdex.storage.schemas import IMAGES, REGIONS
 _READ_CONSISTENCY = timedelta(0)
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
+# Versions a compaction during a run keeps: a reader that opened one of them a moment ago can
+# finish its query; older ones (one per commit) would only pile up manifests and listings.
+_KEEP_VERSIONS_FOR = timedelta(minutes=5)
 
 
 class ModelMismatchError(ValueError):
@@ -69,6 +73,7 @@ class IndexStore:
                 tables[name] = _create_table(db, uri, name, models, embed_dim)
         store = cls(uri, tables[IMAGES], tables[REGIONS], models, embed_dim, read_only)
         if not read_only:
+            store._add_missing_columns()
             store._drop_orphan_regions()
         return store
 
@@ -82,19 +87,40 @@ class IndexStore:
             found.update(table["image_id"].to_pylist())
         return found
 
-    def all_image_ids(self) -> np.ndarray:
-        """Every stored image_id, sorted, as fixed-width bytes: what an index run hands its readers
-        to skip finished images without each of them querying the database."""
-        ids = self._where(self._images, None, ["image_id"])["image_id"].to_numpy(zero_copy_only=False)
-        return np.sort(ids.astype(bytes))
+    def known_ids(self) -> DigestSet:
+        """Every stored image_id as a 32-byte digest (see storage/digests.py): what an index run
+        hands its readers to skip finished images without each of them querying the database."""
+        return DigestSet.of_parts(32, (image_keys(batch.column("image_id").to_pylist())
+                                       for batch in self._batches(self._images, ["image_id"])))
 
-    def commit(self, images: list[dict], regions: list[dict]) -> int:
+    def known_sources(self) -> DigestSet:
+        """The source identity (uri, size, mtime) of every stored image that recorded one, as
+        16-byte digests: an index run skips an input whose identity is here without reading it."""
+        if "source_size" not in self._images.schema.names:  # an older table, opened read_only
+            return DigestSet(16)
+        columns = ("uri", "source_size", "source_mtime_ns")
+        batches = self._batches(self._images, list(columns),
+                                "source_size IS NOT NULL AND source_mtime_ns IS NOT NULL")
+        return DigestSet.of_parts(16, (np.array([source_key(*values) for values in
+                                                 zip(*(batch.column(name).to_pylist() for name in columns))],
+                                                dtype="S16") for batch in batches))
+
+    def commit(self, images: list[dict], regions: list[dict], *, known: DigestSet | None = None) -> int:
         """Write a batch: regions first, then the images rows. Images already stored are skipped
         with their regions, and repeats inside the batch collapse (first wins), so a re-run never
-        duplicates. Raises ValueError, writing nothing, on a bad row. Returns images rows written."""
+        duplicates. Raises ValueError, writing nothing, on a bad row. Returns images rows written.
+
+        known: the caller's DigestSet of stored ids (from known_ids, kept up to date by passing it
+        to every commit), which replaces the database lookup: that lookup scans every row not yet
+        in the image_id index, a cost that grows with the table during a long run."""
         self._require_writable("commit")
         batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
-        batch = batch.without(self.known_image_ids(batch.image_ids))
+        if known is None:
+            batch = batch.without(self.known_image_ids(batch.image_ids))
+        else:
+            ids = batch.image_ids
+            stored = known.contains_many(image_keys(ids))
+            batch = batch.without({i for i, hit in zip(ids, stored) if hit})
         if not batch.images:
             return 0
         # Convert both before writing either, so a conversion error writes nothing.
@@ -103,7 +129,17 @@ class IndexStore:
         if regions_table.num_rows:
             self._regions.add(regions_table)
         self._images.add(images_table)
+        if known is not None:
+            for image_id in batch.image_ids:
+                known.add(image_key(image_id))
         return images_table.num_rows
+
+    def compact(self) -> None:
+        """Merge the small fragments that commits leave, fold new rows into the scalar and vector
+        indexes, and drop versions older than a few minutes. Safe while others read; the single
+        writer calls it during a long run so commit cost and search latency stay flat."""
+        self._require_writable("compact")
+        self._optimize(keep_versions_for=_KEEP_VERSIONS_FOR)
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
@@ -185,6 +221,7 @@ class IndexStore:
         index = vector_index.find_vector_index(self._regions)
         regions = self._regions.count_rows()
         return {
+            **self.storage_stats(),
             "uri": self.uri,
             "models": self.models,
             "embed_dim": self.embed_dim,
@@ -196,7 +233,24 @@ class IndexStore:
             "vector_index": None if index is None else self._vector_params(index).describe(),
         }
 
+    def storage_stats(self) -> dict:
+        """Fragments and versions per table: many small fragments mean a compaction is due."""
+        out = {}
+        for name, table in ((IMAGES, self._images), (REGIONS, self._regions)):
+            fragments = table.stats()["fragment_stats"]
+            out[f"{name}_fragments"] = fragments["num_fragments"]
+            out[f"{name}_small_fragments"] = fragments["num_small_fragments"]
+            out[f"{name}_versions"] = len(table.list_versions())
+        return out
+
     # Internals
+
+    def _add_missing_columns(self) -> None:
+        # A table from before a column was added gets it, all nulls, in one metadata-only commit.
+        missing = {name: sql for name, sql in schemas.IMAGES_ADDED_COLUMNS.items()
+                   if name not in self._images.schema.names}
+        if missing:
+            self._images.add_columns(missing)
 
     def _vector_params(self, index=None) -> vector_index.IvfPqParams:
         # An index built by hand (or before its record was written) gets the parameters that
@@ -221,11 +275,11 @@ class IndexStore:
             deleted += self._regions.delete(f"image_id IN {region_search.sql_strings(chunk)}").num_deleted_rows
         return deleted
 
-    def _optimize(self) -> None:
+    def _optimize(self, keep_versions_for: timedelta | None = None) -> None:
         # Compacts the small fragments that per-batch commits leave, and folds rows added since
         # into the scalar and vector indexes.
         for table in (self._images, self._regions):
-            table.optimize()
+            table.optimize(cleanup_older_than=keep_versions_for)
 
     def _check_query(self, query) -> np.ndarray:
         vector = np.asarray(query, dtype=np.float32)
@@ -238,6 +292,14 @@ class IndexStore:
     def _require_writable(self, action: str) -> None:
         if self.read_only:
             raise ValueError(f"cannot {action}: the index at {self.uri} was opened read_only")
+
+    @staticmethod
+    def _batches(table, columns: list[str], where: str | None = None):
+        # Streamed, so that reading every id of a 10M-row table never holds them all as Arrow strings.
+        query = table.search()
+        if where:
+            query = query.where(where)
+        return query.select(columns).limit(None).to_batches()
 
     @staticmethod
     def _where(table, where: str | None, columns: list[str] | None = None):

@@ -1,0 +1,92 @@
+"""IndexWriter: the one committer of an index run, with commits sized by rows and time.
+
+A commit adds one fragment and one version to each table, and a commit's cost grows with the
+fragments it must list, so committing every few images slows a long run down as 1/n (measured:
+576 -> 59 images/s within 20k images). The writer buffers rows and commits when the buffer holds
+`commit_rows` region rows or `commit_images` images, or `commit_seconds` have passed since the
+last commit (so a killed run loses at most that much work), and compacts every `compact_every`
+commits so the fragment count, and with it commit cost and search latency, stay flat. Duplicates
+are caught against an in-memory DigestSet of stored ids instead of a query per commit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from maskdex.storage.digests import image_key
+from maskdex.storage.index_store import IndexStore
+
+
+@dataclass(frozen=True)
+class CommitPolicy:
+    commit_images: int = 4096
+    commit_rows: int = 65_536  # region rows per commit (about 200 MB of 768-d embeddings)
+    commit_seconds: float = 10.0
+    compact_every: int = 32  # commits between compactions
+
+    def __post_init__(self):
+        for name in ("commit_images", "commit_rows", "compact_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.commit_seconds > 0:
+            raise ValueError(f"commit_seconds must be > 0, got {self.commit_seconds}")
+
+
+class IndexWriter:
+    def __init__(self, store: IndexStore, policy: CommitPolicy = CommitPolicy(), *, clock=time.monotonic):
+        self.store = store
+        self.policy = policy
+        self.known = store.known_ids()
+        self.commits = 0
+        self.compactions = 0
+        self.committed_images = 0
+        self._clock = clock
+        self._images: dict[str, dict] = {}
+        self._regions: list[dict] = []
+        self._since_compaction = 0
+        self._last_commit = clock()
+
+    def add(self, image_row: dict, region_rows: list[dict]) -> bool:
+        """Buffer one image's rows, committing when the buffer is due. False, buffering nothing,
+        for an image that is already stored or already buffered (a duplicate)."""
+        image_id = image_row["image_id"]
+        if image_id in self._images or image_key(image_id) in self.known:
+            return False
+        self._images[image_id] = image_row
+        self._regions.extend(region_rows)
+        if self._due():
+            self.flush()
+        return True
+
+    @property
+    def pending_images(self) -> int:
+        return len(self._images)
+
+    def flush(self) -> int:
+        """Commit what is buffered (regions, then their images rows); compact when due."""
+        self._last_commit = self._clock()
+        if not self._images:
+            return 0
+        images, regions = list(self._images.values()), self._regions
+        self._images, self._regions = {}, []
+        written = self.store.commit(images, regions, known=self.known)
+        self.commits += 1
+        self.committed_images += written
+        self._since_compaction += 1
+        if self._since_compaction >= self.policy.compact_every:
+            self.compact()
+        return written
+
+    def compact(self) -> None:
+        self.store.compact()
+        self.compactions += 1
+        self._since_compaction = 0
+
+    def close(self) -> None:
+        self.flush()
+
+    def _due(self) -> bool:
+        policy = self.policy
+        return (len(self._images) >= policy.commit_images or len(self._regions) >= policy.commit_rows
+                or self._clock() - self._last_commit >= policy.commit_seconds)
