@@ -23,9 +23,6 @@ from maskdex.storage.schemas import IMAGES, REGIONS
 _READ_CONSISTENCY = timedelta(0)
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
-# Versions a compaction during a run keeps: a reader that opened one of them a moment ago can
-# finish its query; older ones (one per commit) would only pile up manifests and listings.
-_KEEP_VERSIONS_FOR = timedelta(minutes=5)
 
 
 class ModelMismatchError(ValueError):
@@ -134,12 +131,11 @@ class IndexStore:
                 known.add(image_key(image_id))
         return images_table.num_rows
 
-    def compact(self) -> None:
+    def compact(self, *, keep_versions_for: timedelta | None = None) -> None:
         """Merge the small fragments that commits leave, fold new rows into the scalar and vector
-        indexes, and drop versions older than a few minutes. Safe while others read; the single
-        writer calls it during a long run so commit cost and search latency stay flat."""
+        indexes, and drop versions older than keep_versions_for (None: LanceDB's default, days)."""
         self._require_writable("compact")
-        self._optimize(keep_versions_for=_KEEP_VERSIONS_FOR)
+        self._optimize(keep_versions_for)
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
@@ -148,13 +144,13 @@ class IndexStore:
 
     # Indexes
 
-    def build_index(self, *, force: bool = False) -> dict:
+    def build_index(self, *, force: bool = False, keep_versions_for: timedelta | None = None) -> dict:
         """Scalar indexes, and the IVF_PQ index on regions.embedding once there are
         vector_index.MIN_ROWS regions (any number from 256 with force). An existing vector index
         is refreshed with optimize(), or retrained with force. Returns what was done."""
         self._require_writable("build_index")
         # Compaction first, so the vector index trains on few large fragments.
-        self._optimize()
+        self._optimize(keep_versions_for)
         report = {"regions": self._regions.count_rows(),
                   "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
                                      + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
@@ -167,18 +163,19 @@ class IndexStore:
         params = vector_index.build_vector_index(self._regions, self.embed_dim)
         return {**report, "vector_index": "built", **params.describe()}
 
-    def maybe_build_index(self) -> dict | None:
-        """After an index run: build the vector index once the table is large enough, retrain it
-        when the table has outgrown what it was trained on, refresh it otherwise. Compacts the
-        tables in any case; returns build_index's report, or None when no vector index is due."""
+    def maybe_build_index(self, *, keep_versions_for: timedelta | None = None) -> dict | None:
+        """During and after an index run: build the vector index once the table is large enough,
+        retrain it when the table has outgrown what it was trained on, refresh it otherwise.
+        Compacts the tables in any case; returns build_index's report, or None when no vector
+        index is due."""
         self._require_writable("maybe_build_index")
         if vector_index.find_vector_index(self._regions) is None:
             if self._regions.count_rows() >= vector_index.MIN_ROWS:
-                return self.build_index()
-            self._optimize()
+                return self.build_index(keep_versions_for=keep_versions_for)
+            self._optimize(keep_versions_for)
             return None
         grown = self._regions.count_rows() > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
-        return self.build_index(force=grown)
+        return self.build_index(force=grown, keep_versions_for=keep_versions_for)
 
     # Reading
 
