@@ -7,26 +7,21 @@ open deletes them, search never returns them, and the re-run writes them again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import timedelta
 
-import lancedb
 import numpy as np
 import pyarrow.compute as pc
 
-from maskdex.storage import rows, schemas, search as region_search, vector_index
+from maskdex.storage import rows, schemas, tables, vector_index
 from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
+from maskdex.storage import search as region_search
 from maskdex.storage.schemas import IMAGES, REGIONS
+from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_string, sql_strings
 
-# Every read first checks for a newer table version (a fraction of a millisecond on a local
-# disk): several writers may share one database, and a long-lived searcher must see new commits.
-_READ_CONSISTENCY = timedelta(0)
+__all__ = ["IndexStore", "ModelMismatchError"]
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
-
-
-class ModelMismatchError(ValueError):
-    """The database was built by another model preset (or with another embedding dimension)."""
 
 
 class IndexStore:
@@ -51,13 +46,13 @@ class IndexStore:
         both); None accepts whatever it was built with. Creating requires both. read_only never
         creates, never deletes, and refuses writes.
         """
-        db = lancedb.connect(uri, read_consistency_interval=_READ_CONSISTENCY)
-        tables = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
-        recorded = _recorded_build(uri, tables)
+        db = tables.connect(uri)
+        opened = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
+        recorded = _recorded_build(uri, opened)
         if recorded is not None:
             _check_same_build(uri, recorded, models, embed_dim)
             models, embed_dim = recorded
-        missing = [name for name in (REGIONS, IMAGES) if name not in tables]
+        missing = [name for name in (REGIONS, IMAGES) if name not in opened]
         if missing:
             if read_only or not create:
                 raise FileNotFoundError(f"no maskdex index at {uri}" if len(missing) == 2 else
@@ -67,8 +62,8 @@ class IndexStore:
                 raise ValueError(f"creating an index at {uri} needs models and a positive embed_dim "
                                  f"(got models={models!r}, embed_dim={embed_dim!r})")
             for name in missing:  # regions before images, like every commit
-                tables[name] = _create_table(db, uri, name, models, embed_dim)
-        store = cls(uri, tables[IMAGES], tables[REGIONS], models, embed_dim, read_only)
+                opened[name] = _create_table(db, uri, name, models, embed_dim)
+        store = cls(uri, opened[IMAGES], opened[REGIONS], models, embed_dim, read_only)
         if not read_only:
             store._add_missing_columns()
             store._drop_orphan_regions()
@@ -80,7 +75,7 @@ class IndexStore:
         """Those of image_ids that already have an images row (any status)."""
         found: set[str] = set()
         for chunk in _chunks(list(dict.fromkeys(image_ids)), _ID_CHUNK):
-            table = self._where(self._images, f"image_id IN {region_search.sql_strings(chunk)}", ["image_id"])
+            table = self._where(self._images, f"image_id IN {sql_strings(chunk)}", ["image_id"])
             found.update(table["image_id"].to_pylist())
         return found
 
@@ -200,7 +195,7 @@ class IndexStore:
                                            where=where, nprobes=nprobes)
 
     def image(self, image_id: str) -> dict | None:
-        rows_ = self._where(self._images, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
+        rows_ = self._where(self._images, f"image_id = {sql_string(image_id)}").to_pylist()
         return _with_array_embedding(rows_[0]) if rows_ else None
 
     def image_uris(self) -> dict[str, str]:
@@ -210,7 +205,7 @@ class IndexStore:
 
     def regions_of(self, image_id: str) -> list[dict]:
         """The image's regions in region number order."""
-        rows_ = self._where(self._regions, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
+        rows_ = self._where(self._regions, f"image_id = {sql_string(image_id)}").to_pylist()
         return [_with_array_embedding(row) for row in sorted(rows_, key=_region_number)]
 
     def stats(self) -> dict:
@@ -269,7 +264,7 @@ class IndexStore:
         orphans = sorted(region_images - self.known_image_ids(region_images))
         deleted = 0
         for chunk in _chunks(orphans, _ID_CHUNK):
-            deleted += self._regions.delete(f"image_id IN {region_search.sql_strings(chunk)}").num_deleted_rows
+            deleted += self._regions.delete(f"image_id IN {sql_strings(chunk)}").num_deleted_rows
         return deleted
 
     def _optimize(self, keep_versions_for: timedelta | None = None) -> None:
@@ -290,22 +285,8 @@ class IndexStore:
         if self.read_only:
             raise ValueError(f"cannot {action}: the index at {self.uri} was opened read_only")
 
-    @staticmethod
-    def _batches(table, columns: list[str], where: str | None = None):
-        # Streamed, so that reading every id of a 10M-row table never holds them all as Arrow strings.
-        query = table.search()
-        if where:
-            query = query.where(where)
-        return query.select(columns).limit(None).to_batches()
-
-    @staticmethod
-    def _where(table, where: str | None, columns: list[str] | None = None):
-        query = table.search()
-        if where:
-            query = query.where(where)
-        if columns:
-            query = query.select(columns)
-        return query.limit(None).to_arrow()
+    _batches = staticmethod(tables.batches)
+    _where = staticmethod(tables.select)
 
 
 def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
@@ -323,11 +304,8 @@ def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
     return table
 
 
-def _recorded_build(uri: str, tables: dict) -> tuple[str, int] | None:
-    builds = {name: schemas.recorded_build(table.schema) for name, table in tables.items()}
-    foreign = [name for name, build in builds.items() if build is None]
-    if foreign:
-        raise ValueError(f"table {foreign[0]} at {uri} was not created by maskdex (its schema has no build record)")
+def _recorded_build(uri: str, opened: dict) -> tuple[str, int] | None:
+    builds = {name: tables.build_record(uri, name, table) for name, table in opened.items()}
     if len(set(builds.values())) > 1:
         raise ValueError(f"the images and regions tables at {uri} record different builds: {builds}")
     return next(iter(builds.values()), None)
@@ -343,11 +321,6 @@ def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | 
     if embed_dim is not None and embed_dim != recorded_dim:
         raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "
                                  f"(models {recorded_models!r})")
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _region_number(row: dict) -> int:
