@@ -103,6 +103,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
         reader.search(query, k=10)
         after.append(time.perf_counter() - one)
     counts = {} if writer is None else {"commits": writer.commits, "compactions": writer.compactions,
+                                        "compaction_s": round(writer.compaction_seconds, 1),
                                         "index": [r.get("vector_index") for r in writer.index_reports]}
     return rates, search_p50, 1000 * statistics.median(after), store.stats(), counts
 
@@ -117,7 +118,8 @@ def _print_writes(name: str, images: int, rates: list[float], p50: list[float], 
     print(f"ratio last tenth / first tenth: {rates[-1] / rates[0]:.2f}; mean {statistics.mean(rates):.0f} images/s; "
           f"search p50 after the run {after:.1f} ms")
     print(f"fragments images/regions {stats['images_fragments']}/{stats['regions_fragments']}, versions "
-          f"{stats['images_versions']}/{stats['regions_versions']}, regions {stats['regions']}, "
+          f"{stats['images_versions']}/{stats['regions_versions']}, bytes {stats['images_bytes']}/"
+          f"{stats['regions_bytes']}, regions {stats['regions']}, "
           f"unindexed rows {stats['unindexed_rows']} {counts}")
 
 

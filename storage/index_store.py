@@ -229,7 +229,9 @@ class IndexStore:
         """Fragments and versions per table: many small fragments mean a compaction is due."""
         out = {}
         for name, table in ((IMAGES, self._images), (REGIONS, self._regions)):
-            fragments = table.stats()["fragment_stats"]
+            stats = table.stats()
+            fragments = stats["fragment_stats"]
+            out[f"{name}_bytes"] = stats["total_bytes"]
             out[f"{name}_fragments"] = fragments["num_fragments"]
             out[f"{name}_small_fragments"] = fragments["num_small_fragments"]
             out[f"{name}_versions"] = len(table.list_versions())

@@ -49,6 +49,7 @@ class IndexWriter:
         self.commits = 0
         self.compactions = 0
         self.index_reports: list[dict] = []  # what each compaction did to the vector index
+        self.compaction_seconds = 0.0
         self.committed_images = 0
         self._clock = clock
         self._images: dict[str, dict] = {}
@@ -91,7 +92,9 @@ class IndexWriter:
         return written
 
     def compact(self) -> None:
+        started = self._clock()
         report = self.store.maybe_build_index(keep_versions_for=KEEP_VERSIONS_FOR)
+        self.compaction_seconds += self._clock() - started
         if report is not None:
             self.index_reports.append(report)
         self.compactions += 1
