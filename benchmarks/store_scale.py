@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.synthetic_regions import clustered_embeddings, image_id, queries_near
 from maskdex.operators.registry.presets import embedding_dim, get_preset
+from maskdex.pipelines.common.sources import expand_sources
 from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
@@ -123,7 +124,7 @@ def _print_writes(name: str, images: int, rates: list[float], p50: list[float], 
           f"unindexed rows {stats['unindexed_rows']} {counts}")
 
 
-def _resume(scratch: str, n_files: int) -> tuple[float, float, float, object]:
+def _resume(scratch: str, n_files: int) -> tuple[dict[str, float], float, float, object]:
     folder = Path(scratch) / "finished"
     folder.mkdir()
     for number in range(n_files):
@@ -140,16 +141,22 @@ def _resume(scratch: str, n_files: int) -> tuple[float, float, float, object]:
     store.commit(rows, [])
     store.compact()
     settings = IndexSettings(models="tiny", build_index=False)
-    listing, deciding = [], []
+    listings = {"os.scandir, names only": lambda: [entry.path for entry in os.scandir(folder)],
+                "os.walk + os.stat (ls -lR)": lambda: [os.stat(os.path.join(root, name))
+                                                       for root, _, names in os.walk(folder) for name in names],
+                "expand_sources (maskdex's listing)": lambda: expand_sources([str(folder)]).files}
+    listing = {name: [] for name in listings}
+    deciding = []
     for _ in range(3):
-        started = time.perf_counter()
-        listed = [entry.path for entry in os.scandir(folder)]
-        listing.append(time.perf_counter() - started)
+        for name, list_folder in listings.items():
+            started = time.perf_counter()
+            assert len(list_folder()) == n_files
+            listing[name].append(time.perf_counter() - started)
         started = time.perf_counter()
         summary = run_index([str(folder)], db, settings)
         deciding.append(time.perf_counter() - started)
-    assert len(listed) == n_files
-    return statistics.median(listing), statistics.median(deciding), min(deciding), summary
+    return ({name: statistics.median(times) for name, times in listing.items()}, statistics.median(deciding),
+            min(deciding), summary)
 
 
 def main() -> None:
@@ -178,10 +185,12 @@ def main() -> None:
             print(f"\nresume over a finished folder of {args.resume_images} files (median of 3)")
             print("| step | seconds |")
             print("|---|---|")
-            print(f"| plain listing (os.scandir) | {listing:.3f} |")
+            for name, seconds in listing.items():
+                print(f"| listing: {name} | {seconds:.3f} |")
             print(f"| run_index deciding nothing to do | {deciding:.3f} (best {best:.3f}) |")
-            print(f"ratio: {deciding / listing:.1f}x the listing; skipped {summary.skipped}, read 0 of them: "
-                  f"unread {summary.unread}")
+            print("ratio run_index / listing: " + ", ".join(f"{deciding / seconds:.1f}x {name.split(' (')[0]}"
+                                                          for name, seconds in listing.items()))
+            print(f"skipped {summary.skipped}, decided without reading them: {summary.unread}")
 
 
 if __name__ == "__main__":
