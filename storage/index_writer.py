@@ -9,11 +9,16 @@ last commit (so a killed run loses at most that much work). Every `compact_every
 enough, refreshed, retrained as it outgrows its training set: IndexStore.maybe_build_index), so the
 fragment count, and with it commit cost and search latency, stay flat. Duplicates are caught
 against an in-memory DigestSet of stored ids instead of a query per commit.
+
+Upkeep runs on a background thread (one at a time) while commits go on: Lance lets an append
+commit beside a compaction or an index build, and a vector index (re)build on a large table takes
+minutes that would otherwise stall the whole pipeline behind the writer.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -32,6 +37,7 @@ class CommitPolicy:
     commit_seconds: float = 10.0
     compact_every: int = 32  # commits between compactions
     upkeep_rows: int = 100_000  # region rows between compactions and index upkeep, whatever the commit count
+    background_upkeep: bool = True  # False: upkeep blocks the commit that triggered it (deterministic, for tests)
 
     def __post_init__(self):
         for name in ("commit_images", "commit_rows", "compact_every", "upkeep_rows"):
@@ -57,6 +63,9 @@ class IndexWriter:
         self._since_compaction = 0
         self._rows_since_compaction = 0
         self._last_commit = clock()
+        self._upkeep: Future | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskdex-upkeep") \
+            if policy.background_upkeep else None
 
     def add(self, image_row: dict, region_rows: list[dict]) -> bool:
         """Buffer one image's rows, committing when the buffer is due. False, buffering nothing,
@@ -92,16 +101,37 @@ class IndexWriter:
         return written
 
     def compact(self) -> None:
-        started = self._clock()
+        """Compaction and index upkeep now (in the background when the policy says so; skipped
+        while the previous one still runs, and due again at the next commit)."""
+        if self._upkeep is not None:
+            if not self._upkeep.done():
+                return
+            self._upkeep.result()  # an upkeep failure surfaces here, never silently
+            self._upkeep = None
+        self._since_compaction = self._rows_since_compaction = 0
+        if self._executor is None:
+            self._run_upkeep()
+        else:
+            self._upkeep = self._executor.submit(self._run_upkeep)
+
+    def close(self) -> None:
+        """Commit what is buffered and wait for upkeep in flight."""
+        try:
+            self.flush()
+        finally:
+            if self._upkeep is not None:
+                upkeep, self._upkeep = self._upkeep, None
+                upkeep.result()
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+
+    def _run_upkeep(self) -> None:
+        started = time.monotonic()
         report = self.store.maybe_build_index(keep_versions_for=KEEP_VERSIONS_FOR)
-        self.compaction_seconds += self._clock() - started
+        self.compaction_seconds += time.monotonic() - started
         if report is not None:
             self.index_reports.append(report)
         self.compactions += 1
-        self._since_compaction = self._rows_since_compaction = 0
-
-    def close(self) -> None:
-        self.flush()
 
     def _due(self) -> bool:
         policy = self.policy

@@ -25,7 +25,7 @@ def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_image
     uri = str(tmp_path / "index")
     store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
     reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
-    writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=5))
+    writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=5, background_upkeep=False))
     found_during_run = set()
     for number in range(60):
         image, regions = image_with_regions(number, n_regions=3)
@@ -41,6 +41,18 @@ def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_image
     # 30 commits without compaction would leave 30 fragments per table.
     assert stats["images_fragments"] <= 2 and stats["regions_fragments"] <= 2, stats
     assert found_during_run
+
+
+def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=4))
+    for number in range(40):
+        assert writer.add(*image_with_regions(number, n_regions=2))
+    writer.close()
+    writer.store.compact()  # what run_index's closing maybe_build_index does
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
+    assert writer.compactions >= 1 and stats["regions_fragments"] <= 2, stats
 
 
 def test_commits_are_sized_by_images_rows_and_time(tmp_path):
