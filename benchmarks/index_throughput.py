@@ -27,6 +27,7 @@ from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.index.job import IndexSettings, plan_actors, run_index, table_rows
 from maskdex.pipelines.index.stages import EmbedStage, MaskStage, read_files
 from maskdex.pipelines.common.sources import expand_sources
+from maskdex.storage.digests import DigestSet
 from maskdex.storage.index_store import IndexStore
 
 
@@ -50,7 +51,7 @@ def _loop(files: list[str], db: str, settings: IndexSettings) -> float:
     masks = MaskStage(settings.models, None, settings.device, settings.dtype, {}, threads=os.cpu_count() or 1)
     embed = EmbedStage(settings.models, None, settings.device, settings.dtype, settings.context, 64,
                        threads=os.cpu_count() or 1)
-    none = np.array([], dtype=bytes)
+    none = DigestSet(32)
     for start in range(0, len(files), settings.read_batch_size):
         uris = np.asarray(files[start : start + settings.read_batch_size], dtype=object)
         batch = embed(masks(read_files({"uri": uris}, known=none, max_pixels=settings.max_pixels,

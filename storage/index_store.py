@@ -7,25 +7,21 @@ open deletes them, search never returns them, and the re-run writes them again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import timedelta
 
-import lancedb
 import numpy as np
 import pyarrow.compute as pc
 
-from maskdex.storage import rows, schemas, search as region_search, vector_index
+from maskdex.storage import rows, schemas, tables, vector_index
+from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
+from maskdex.storage import search as region_search
 from maskdex.storage.schemas import IMAGES, REGIONS
+from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_string, sql_strings
 
-# Every read first checks for a newer table version (a fraction of a millisecond on a local
-# disk): several writers may share one database, and a long-lived searcher must see new commits.
-_READ_CONSISTENCY = timedelta(0)
+__all__ = ["IndexStore", "ModelMismatchError"]
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
-
-
-class ModelMismatchError(ValueError):
-    """The database was built by another model preset (or with another embedding dimension)."""
 
 
 class IndexStore:
@@ -50,13 +46,13 @@ class IndexStore:
         both); None accepts whatever it was built with. Creating requires both. read_only never
         creates, never deletes, and refuses writes.
         """
-        db = lancedb.connect(uri, read_consistency_interval=_READ_CONSISTENCY)
-        tables = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
-        recorded = _recorded_build(uri, tables)
+        db = tables.connect(uri)
+        opened = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
+        recorded = _recorded_build(uri, opened)
         if recorded is not None:
             _check_same_build(uri, recorded, models, embed_dim)
             models, embed_dim = recorded
-        missing = [name for name in (REGIONS, IMAGES) if name not in tables]
+        missing = [name for name in (REGIONS, IMAGES) if name not in opened]
         if missing:
             if read_only or not create:
                 raise FileNotFoundError(f"no maskdex index at {uri}" if len(missing) == 2 else
@@ -66,9 +62,10 @@ class IndexStore:
                 raise ValueError(f"creating an index at {uri} needs models and a positive embed_dim "
                                  f"(got models={models!r}, embed_dim={embed_dim!r})")
             for name in missing:  # regions before images, like every commit
-                tables[name] = _create_table(db, uri, name, models, embed_dim)
-        store = cls(uri, tables[IMAGES], tables[REGIONS], models, embed_dim, read_only)
+                opened[name] = _create_table(db, uri, name, models, embed_dim)
+        store = cls(uri, opened[IMAGES], opened[REGIONS], models, embed_dim, read_only)
         if not read_only:
+            store._add_missing_columns()
             store._drop_orphan_regions()
         return store
 
@@ -78,23 +75,44 @@ class IndexStore:
         """Those of image_ids that already have an images row (any status)."""
         found: set[str] = set()
         for chunk in _chunks(list(dict.fromkeys(image_ids)), _ID_CHUNK):
-            table = self._where(self._images, f"image_id IN {region_search.sql_strings(chunk)}", ["image_id"])
+            table = self._where(self._images, f"image_id IN {sql_strings(chunk)}", ["image_id"])
             found.update(table["image_id"].to_pylist())
         return found
 
-    def all_image_ids(self) -> np.ndarray:
-        """Every stored image_id, sorted, as fixed-width bytes: what an index run hands its readers
-        to skip finished images without each of them querying the database."""
-        ids = self._where(self._images, None, ["image_id"])["image_id"].to_numpy(zero_copy_only=False)
-        return np.sort(ids.astype(bytes))
+    def known_ids(self) -> DigestSet:
+        """Every stored image_id as a 32-byte digest (see storage/digests.py): what an index run
+        hands its readers to skip finished images without each of them querying the database."""
+        return DigestSet.of_parts(32, (image_keys(batch.column("image_id").to_pylist())
+                                       for batch in self._batches(self._images, ["image_id"])))
 
-    def commit(self, images: list[dict], regions: list[dict]) -> int:
+    def known_sources(self) -> DigestSet:
+        """The source identity (uri, size, mtime) of every stored image that recorded one, as
+        16-byte digests: an index run skips an input whose identity is here without reading it."""
+        if "source_size" not in self._images.schema.names:  # an older table, opened read_only
+            return DigestSet(16)
+        columns = ("uri", "source_size", "source_mtime_ns")
+        batches = self._batches(self._images, list(columns),
+                                "source_size IS NOT NULL AND source_mtime_ns IS NOT NULL")
+        return DigestSet.of_parts(16, (np.array([source_key(*values) for values in
+                                                 zip(*(batch.column(name).to_pylist() for name in columns))],
+                                                dtype="S16") for batch in batches))
+
+    def commit(self, images: list[dict], regions: list[dict], *, known: DigestSet | None = None) -> int:
         """Write a batch: regions first, then the images rows. Images already stored are skipped
         with their regions, and repeats inside the batch collapse (first wins), so a re-run never
-        duplicates. Raises ValueError, writing nothing, on a bad row. Returns images rows written."""
+        duplicates. Raises ValueError, writing nothing, on a bad row. Returns images rows written.
+
+        known: the caller's DigestSet of stored ids (from known_ids, kept up to date by passing it
+        to every commit), which replaces the database lookup: that lookup scans every row not yet
+        in the image_id index, a cost that grows with the table during a long run."""
         self._require_writable("commit")
         batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
-        batch = batch.without(self.known_image_ids(batch.image_ids))
+        if known is None:
+            batch = batch.without(self.known_image_ids(batch.image_ids))
+        else:
+            ids = batch.image_ids
+            stored = known.contains_many(image_keys(ids))
+            batch = batch.without({i for i, hit in zip(ids, stored) if hit})
         if not batch.images:
             return 0
         # Convert both before writing either, so a conversion error writes nothing.
@@ -103,7 +121,16 @@ class IndexStore:
         if regions_table.num_rows:
             self._regions.add(regions_table)
         self._images.add(images_table)
+        if known is not None:
+            for image_id in batch.image_ids:
+                known.add(image_key(image_id))
         return images_table.num_rows
+
+    def compact(self, *, keep_versions_for: timedelta | None = None) -> None:
+        """Merge the small fragments that commits leave, fold new rows into the scalar and vector
+        indexes, and drop versions older than keep_versions_for (None: LanceDB's default, days)."""
+        self._require_writable("compact")
+        self._optimize(keep_versions_for)
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
@@ -112,13 +139,13 @@ class IndexStore:
 
     # Indexes
 
-    def build_index(self, *, force: bool = False) -> dict:
+    def build_index(self, *, force: bool = False, keep_versions_for: timedelta | None = None) -> dict:
         """Scalar indexes, and the IVF_PQ index on regions.embedding once there are
         vector_index.MIN_ROWS regions (any number from 256 with force). An existing vector index
         is refreshed with optimize(), or retrained with force. Returns what was done."""
         self._require_writable("build_index")
         # Compaction first, so the vector index trains on few large fragments.
-        self._optimize()
+        self._optimize(keep_versions_for)
         report = {"regions": self._regions.count_rows(),
                   "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
                                      + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
@@ -131,18 +158,19 @@ class IndexStore:
         params = vector_index.build_vector_index(self._regions, self.embed_dim)
         return {**report, "vector_index": "built", **params.describe()}
 
-    def maybe_build_index(self) -> dict | None:
-        """After an index run: build the vector index once the table is large enough, retrain it
-        when the table has outgrown what it was trained on, refresh it otherwise. Compacts the
-        tables in any case; returns build_index's report, or None when no vector index is due."""
+    def maybe_build_index(self, *, keep_versions_for: timedelta | None = None) -> dict | None:
+        """During and after an index run: build the vector index once the table is large enough,
+        retrain it when the table has outgrown what it was trained on, refresh it otherwise.
+        Compacts the tables in any case; returns build_index's report, or None when no vector
+        index is due."""
         self._require_writable("maybe_build_index")
         if vector_index.find_vector_index(self._regions) is None:
             if self._regions.count_rows() >= vector_index.MIN_ROWS:
-                return self.build_index()
-            self._optimize()
+                return self.build_index(keep_versions_for=keep_versions_for)
+            self._optimize(keep_versions_for)
             return None
         grown = self._regions.count_rows() > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
-        return self.build_index(force=grown)
+        return self.build_index(force=grown, keep_versions_for=keep_versions_for)
 
     # Reading
 
@@ -167,7 +195,7 @@ class IndexStore:
                                            where=where, nprobes=nprobes)
 
     def image(self, image_id: str) -> dict | None:
-        rows_ = self._where(self._images, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
+        rows_ = self._where(self._images, f"image_id = {sql_string(image_id)}").to_pylist()
         return _with_array_embedding(rows_[0]) if rows_ else None
 
     def image_uris(self) -> dict[str, str]:
@@ -177,7 +205,7 @@ class IndexStore:
 
     def regions_of(self, image_id: str) -> list[dict]:
         """The image's regions in region number order."""
-        rows_ = self._where(self._regions, f"image_id = {region_search.sql_string(image_id)}").to_pylist()
+        rows_ = self._where(self._regions, f"image_id = {sql_string(image_id)}").to_pylist()
         return [_with_array_embedding(row) for row in sorted(rows_, key=_region_number)]
 
     def stats(self) -> dict:
@@ -185,6 +213,7 @@ class IndexStore:
         index = vector_index.find_vector_index(self._regions)
         regions = self._regions.count_rows()
         return {
+            **self.storage_stats(),
             "uri": self.uri,
             "models": self.models,
             "embed_dim": self.embed_dim,
@@ -196,7 +225,26 @@ class IndexStore:
             "vector_index": None if index is None else self._vector_params(index).describe(),
         }
 
+    def storage_stats(self) -> dict:
+        """Fragments and versions per table: many small fragments mean a compaction is due."""
+        out = {}
+        for name, table in ((IMAGES, self._images), (REGIONS, self._regions)):
+            stats = table.stats()
+            fragments = stats["fragment_stats"]
+            out[f"{name}_bytes"] = stats["total_bytes"]
+            out[f"{name}_fragments"] = fragments["num_fragments"]
+            out[f"{name}_small_fragments"] = fragments["num_small_fragments"]
+            out[f"{name}_versions"] = len(table.list_versions())
+        return out
+
     # Internals
+
+    def _add_missing_columns(self) -> None:
+        # A table from before a column was added gets it, all nulls, in one metadata-only commit.
+        missing = {name: sql for name, sql in schemas.IMAGES_ADDED_COLUMNS.items()
+                   if name not in self._images.schema.names}
+        if missing:
+            self._images.add_columns(missing)
 
     def _vector_params(self, index=None) -> vector_index.IvfPqParams:
         # An index built by hand (or before its record was written) gets the parameters that
@@ -218,14 +266,14 @@ class IndexStore:
         orphans = sorted(region_images - self.known_image_ids(region_images))
         deleted = 0
         for chunk in _chunks(orphans, _ID_CHUNK):
-            deleted += self._regions.delete(f"image_id IN {region_search.sql_strings(chunk)}").num_deleted_rows
+            deleted += self._regions.delete(f"image_id IN {sql_strings(chunk)}").num_deleted_rows
         return deleted
 
-    def _optimize(self) -> None:
+    def _optimize(self, keep_versions_for: timedelta | None = None) -> None:
         # Compacts the small fragments that per-batch commits leave, and folds rows added since
         # into the scalar and vector indexes.
         for table in (self._images, self._regions):
-            table.optimize()
+            table.optimize(cleanup_older_than=keep_versions_for)
 
     def _check_query(self, query) -> np.ndarray:
         vector = np.asarray(query, dtype=np.float32)
@@ -239,14 +287,8 @@ class IndexStore:
         if self.read_only:
             raise ValueError(f"cannot {action}: the index at {self.uri} was opened read_only")
 
-    @staticmethod
-    def _where(table, where: str | None, columns: list[str] | None = None):
-        query = table.search()
-        if where:
-            query = query.where(where)
-        if columns:
-            query = query.select(columns)
-        return query.limit(None).to_arrow()
+    _batches = staticmethod(tables.batches)
+    _where = staticmethod(tables.select)
 
 
 def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
@@ -264,11 +306,8 @@ def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
     return table
 
 
-def _recorded_build(uri: str, tables: dict) -> tuple[str, int] | None:
-    builds = {name: schemas.recorded_build(table.schema) for name, table in tables.items()}
-    foreign = [name for name, build in builds.items() if build is None]
-    if foreign:
-        raise ValueError(f"table {foreign[0]} at {uri} was not created by maskdex (its schema has no build record)")
+def _recorded_build(uri: str, opened: dict) -> tuple[str, int] | None:
+    builds = {name: tables.build_record(uri, name, table) for name, table in opened.items()}
     if len(set(builds.values())) > 1:
         raise ValueError(f"the images and regions tables at {uri} record different builds: {builds}")
     return next(iter(builds.values()), None)
@@ -284,11 +323,6 @@ def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | 
     if embed_dim is not None and embed_dim != recorded_dim:
         raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "
                                  f"(models {recorded_models!r})")
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _region_number(row: dict) -> int:

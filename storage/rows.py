@@ -14,15 +14,12 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from maskdex.storage import schemas
+from maskdex.storage import schemas, tables
 
 IMAGE_FIELDS = ("image_id", "uri", "status")
 OK_IMAGE_FIELDS = ("width", "height", "embedding")
 REGION_FIELDS = ("region_id", "image_id", "rle", "bbox", "area", "predicted_iou", "stability_score", "embedding")
 
-# Region embeddings are compared by cosine; a vector far from unit length means the encoder's
-# output was not normalised (or was cast badly), which would skew scores stored next to others.
-_UNIT_NORM_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -138,8 +135,7 @@ def _check_embeddings(rows: list[dict], table: str, dim: int, *, unit_norm: bool
     if not_finite.any():
         raise ValueError(f"{table} row {_row_name(rows[int(np.argmax(not_finite))])}: embedding contains NaN or infinity")
     if unit_norm:
-        norms = np.linalg.norm(matrix, axis=1)
-        off = np.abs(norms - 1.0) > _UNIT_NORM_TOLERANCE
+        off, norms = tables.off_unit_norm(matrix)  # non-finite rows were refused above
         if off.any():
             first = int(np.argmax(off))
             raise ValueError(f"{table} row {_row_name(rows[first])}: embedding is not L2-normalised "

@@ -44,9 +44,19 @@ def images_schema(dim: int, models: str) -> pa.Schema:
             pa.field("embedding", embedding_type(dim)),
             pa.field("models", pa.string(), nullable=False),
             pa.field("indexed_at", TIMESTAMP_TYPE, nullable=False),
+            # The input's identity when it was read (size and modification time, in ns), so that a
+            # resume can skip it from a listing without reading its bytes. Null for inputs without
+            # one (rows of a parquet file, a path that did not exist).
+            pa.field("source_size", pa.int64()),
+            pa.field("source_mtime_ns", pa.int64()),
         ],
         metadata=_build_record(dim, models),
     )
+
+
+# Columns added to the images table after its first release, with the SQL that fills them in
+# on an older table (see IndexStore.open).
+IMAGES_ADDED_COLUMNS = {"source_size": "CAST(NULL AS BIGINT)", "source_mtime_ns": "CAST(NULL AS BIGINT)"}
 
 
 def regions_schema(dim: int, models: str) -> pa.Schema:

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from maskdex.storage import vector_index
+from maskdex.storage.tables import sql_string, sql_strings  # noqa: F401 (sql_string: callers import it here)
 
 FILTER_KEYS = ("min_area", "max_area", "image_ids")
 _REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]
@@ -34,16 +35,6 @@ def where_clause(filters: dict | None) -> str | None:
     if filters.get("image_ids") is not None:
         clauses.append(f"image_id IN {sql_strings(filters['image_ids'])}")
     return " AND ".join(clauses) or None
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal, quotes escaped."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_strings(values: Iterable[str]) -> str:
-    """A SQL list literal of strings, for `IN`."""
-    return "(" + ", ".join(sql_string(value) for value in values) + ")"
 
 
 def search_images(regions, images, query: np.ndarray, *, k: int, oversample: int, where: str | None,

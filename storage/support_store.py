@@ -14,22 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from maskdex.storage import schemas
-from maskdex.storage.index_store import ModelMismatchError
-from maskdex.storage.search import sql_string, sql_strings
+from maskdex.storage import schemas, tables
 from maskdex.storage.schemas import SUPPORTS
-
-# A long-lived segmenter must see examples added by other processes at its next call.
-_READ_CONSISTENCY = timedelta(0)
-# Prototypes are compared by inner product; a vector far from unit length was not normalised.
-_UNIT_NORM_TOLERANCE = 1e-2
+from maskdex.storage.tables import ModelMismatchError, sql_string, sql_strings
 ROW_FIELDS = ("set_name", "class_name", "image_id", "prototype", "n_pixels")
 _KEY = ["set_name", "image_id", "class_name"]
 
@@ -73,10 +66,11 @@ class SupportStore:
         if not create and "://" not in uri and not os.path.isdir(uri):
             # Checked before connecting, which would create the folder.
             raise FileNotFoundError(f"no support sets at {uri}: there is no such folder")
-        db = lancedb.connect(uri, read_consistency_interval=_READ_CONSISTENCY)
+        # A long-lived segmenter sees examples added by other processes at its next call.
+        db = tables.connect(uri)
         if SUPPORTS in db:
             table = db.open_table(SUPPORTS)
-            recorded = _recorded(uri, table)
+            recorded = tables.build_record(uri, SUPPORTS, table)
         else:
             if not create:
                 raise FileNotFoundError(f"no support sets at {uri} (it has no {SUPPORTS} table)")
@@ -84,7 +78,7 @@ class SupportStore:
                 raise ValueError(f"creating the {SUPPORTS} table at {uri} needs a dense model name and a positive "
                                  f"embed_dim (got {dense_model!r}, {embed_dim!r})")
             table = db.create_table(SUPPORTS, schema=schemas.supports_schema(embed_dim, dense_model), exist_ok=True)
-            recorded = _recorded(uri, table)  # another process may have created it first
+            recorded = tables.build_record(uri, SUPPORTS, table)  # another process may have created it first
         _check_same_model(uri, recorded, dense_model, embed_dim)
         return cls(uri, table, *recorded)
 
@@ -182,10 +176,7 @@ class SupportStore:
                          + (f"it has {', '.join(map(repr, known))}" if known else "it has no support sets yet"))
 
     def _select(self, where: str | None, columns: list[str]) -> pa.Table:
-        query = self._table.search()
-        if where:
-            query = query.where(where)
-        return query.select(columns).limit(None).to_arrow()
+        return tables.select(self._table, where, columns)
 
     def _arrow(self, rows: list[dict]) -> pa.Table:
         seen: dict[tuple, int] = {}
@@ -209,8 +200,7 @@ class SupportStore:
                 raise ValueError(f"{where}: prototype has shape {shape}, the support sets at {self.uri} hold "
                                  f"({self.embed_dim},) (dense model {self.dense_model!r})")
         matrix = np.stack([np.asarray(row["prototype"], dtype=np.float32) for row in rows])
-        norms = np.linalg.norm(matrix, axis=1)
-        bad = ~np.isfinite(matrix).all(axis=1) | (np.abs(norms - 1.0) > _UNIT_NORM_TOLERANCE)
+        bad, norms = tables.off_unit_norm(matrix)
         if bad.any():
             first = int(np.argmax(bad))
             raise ValueError(f"rows[{first}]: prototype is not a finite L2-normalised vector (norm {norms[first]:.4f})")
@@ -227,13 +217,6 @@ class SupportStore:
             "added_at": [added_at] * len(rows),
         }
         return pa.table(columns, schema=schema)
-
-
-def _recorded(uri: str, table) -> tuple[str, int]:
-    recorded = schemas.recorded_build(table.schema)
-    if recorded is None:
-        raise ValueError(f"table {SUPPORTS} at {uri} was not created by maskdex (its schema has no build record)")
-    return recorded
 
 
 def _check_same_model(uri: str, recorded: tuple[str, int], dense_model: str | None, embed_dim: int | None) -> None:

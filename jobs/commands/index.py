@@ -30,7 +30,11 @@ def add_parsers(commands) -> None:
     index.add_argument("--points-per-side", type=positive_int, default=None, help="SAM 2 point grid side")
     index.add_argument("--max-masks", type=positive_int, default=None, help="cap on masks per image")
     index.add_argument("--min-area", type=int, default=None, help="smallest mask kept, in pixels")
-    index.add_argument("--commit-every", type=positive_int, default=16, help="images per database commit")
+    index.add_argument("--commit-every", type=positive_int, default=None,
+                       help="most images per database commit (default 4096; commits are also sized by "
+                            "regions and time)")
+    index.add_argument("--commit-seconds", type=float, default=None,
+                       help="commit at least this often, in seconds: the most work a killed run loses (default 10)")
     index.add_argument("--retry-failed", action="store_true", help="index again the images that failed before")
     index.add_argument("--no-build-index", action="store_true", help="do not build the vector index afterwards")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -72,7 +76,9 @@ def run_index(args) -> int:
         **model_options(args), mask_settings=mask_settings,
         sam=replace(defaults.sam, max_actors=args.sam_actors, num_gpus=gpus),
         clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus),
-        commit_every=args.commit_every, retry_failed=args.retry_failed, build_index=not args.no_build_index,
+        commit_every=args.commit_every or defaults.commit_every,
+        commit_seconds=args.commit_seconds or defaults.commit_seconds, retry_failed=args.retry_failed,
+        build_index=not args.no_build_index,
     )
     summary = index(args.sources, args.db, settings, address=args.address)
     print(json.dumps(summary.as_dict(), indent=2, default=str) if args.json else summary.render())

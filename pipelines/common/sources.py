@@ -81,3 +81,32 @@ def read_bytes(uri: str) -> bytes:
             return stream.read()
     with open(uri, "rb") as handle:
         return handle.read()
+
+
+def identify(uris: list[str]) -> list[tuple[int, int] | None]:
+    """(size, modification time in ns) of each file, from its metadata alone: what a resumed index
+    run compares with what it recorded, to skip finished inputs without reading them. None for an
+    input that cannot be stat'ed (it is then read, and fails with the reason). Object stores are
+    asked once per bucket with a batch of paths, not once per object."""
+    identities: list[tuple[int, int] | None] = [None] * len(uris)
+    remote: dict[str, list[tuple[int, str]]] = {}
+    for index, uri in enumerate(uris):
+        if _is_uri(uri):
+            scheme, path = uri.split("://", 1)
+            remote.setdefault(f"{scheme}://{path.split('/', 1)[0]}", []).append((index, path))
+            continue
+        try:
+            stat = os.stat(uri)
+        except OSError:
+            continue
+        identities[index] = (stat.st_size, stat.st_mtime_ns)
+    for bucket, members in remote.items():
+        try:
+            filesystem, _ = pafs.FileSystem.from_uri(bucket)
+            infos = filesystem.get_file_info([path for _, path in members])
+        except (OSError, ValueError):
+            continue
+        for (index, _), info in zip(members, infos):
+            if info.type == pafs.FileType.File and info.size is not None and info.mtime_ns is not None:
+                identities[index] = (info.size, info.mtime_ns)
+    return identities

@@ -1,9 +1,11 @@
 """The index job: image sources -> SAM 2 masks -> Alpha-CLIP embeddings -> LanceDB, on Ray Data.
 
 Reading, hashing and decoding run as CPU tasks, the two models on actor pools (GPU actors on a GPU
-cluster, CPU actors here). Results stream back to this driver, the one writer, which commits them
-in batches: regions first, then the images rows that mark them done. A killed job loses only the
-uncommitted batch, and the next run skips everything already committed.
+cluster, CPU actors here). Results stream back to this driver, the one writer (storage/index_writer.py),
+which commits them in batches sized by rows and time: regions first, then the images rows that mark
+them done, compacting as it goes. A killed job loses only the uncommitted batch. The next run skips
+every input whose source identity (uri, size, mtime) is recorded without reading it, and anything
+else whose content hash is already stored.
 """
 
 from __future__ import annotations
@@ -20,11 +22,22 @@ import ray
 from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
-from maskdex.pipelines.index.stages import FAILED, OK, SKIPPED, EmbedStage, MaskStage, read_files, read_parquet_rows
+from maskdex.pipelines.index.stages import (
+    FAILED,
+    NO_IDENTITY,
+    OK,
+    SKIPPED,
+    EmbedStage,
+    MaskStage,
+    read_files,
+    read_parquet_rows,
+)
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
-from maskdex.pipelines.common.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources
+from maskdex.pipelines.common.sources import PARQUET_BYTES_COLUMNS, SourceError, expand_sources, identify
+from maskdex.storage.digests import source_key
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.index_writer import CommitPolicy, IndexWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +59,12 @@ class IndexSettings(ModelOptions):
     read_num_cpus: float = 0.25
     sam: StageResources = StageResources(max_actors=None, num_cpus=0.75)
     clip: StageResources = StageResources(max_actors=None, num_cpus=0.25)
-    commit_every: int = 16
+    # Commits are sized by rows and time (storage/index_writer.py): at most commit_every images or
+    # commit_rows regions each, and one at least every commit_seconds, which bounds what a kill loses.
+    commit_every: int = CommitPolicy.commit_images
+    commit_rows: int = CommitPolicy.commit_rows
+    commit_seconds: float = CommitPolicy.commit_seconds
+    compact_every: int = CommitPolicy.compact_every
     retry_failed: bool = False
     build_index: bool = True
 
@@ -57,6 +75,7 @@ class IndexSummary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0  # already in the database before this run
+    unread: int = 0  # of those, skipped by source identity without reading the file
     duplicates: int = 0  # same bytes as another input of this run
     regions: int = 0
     seconds: float = 0.0
@@ -76,7 +95,8 @@ class IndexSummary:
     def render(self) -> str:
         lines = [
             f"indexed {self.inputs} inputs in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
-            f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped}, duplicates {self.duplicates}",
+            f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped} ({self.unread} decided without "
+            f"reading them), duplicates {self.duplicates}",
             f"  regions written {self.regions}",
         ]
         if len(self.nodes) > 1:
@@ -97,13 +117,22 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     expanded = expand_sources(sources)
     if settings.retry_failed:
         store.forget_failed()
+    summary = IndexSummary()
+    files = unfinished(store, expanded.files, summary)
+    if not files and not expanded.parquet:  # nothing to do: no Ray, no models
+        if settings.build_index:
+            summary.index = store.maybe_build_index()
+        summary.seconds = time.perf_counter() - started
+        return summary
     init_ray(address)
     cluster = ray.cluster_resources()
     settings = resolve_device(settings, cluster)
 
-    known = ray.put(store.all_image_ids())
+    writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
+                                             settings.compact_every))
+    known = ray.put(writer.known)
     sam_actors, clip_actors = plan_actors(cluster, settings)
-    dataset = _read_stage(expanded, known, settings)
+    dataset = _read_stage(files, expanded.parquet, known, settings)
     dataset = dataset.map_batches(
         MaskStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
@@ -119,25 +148,20 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         **actor_pool(settings.clip, clip_actors),
     )
 
-    summary = IndexSummary()
-    seen: set[str] = set()
     # Parquet sources hold an unknown number of images until read.
-    progress = Progress("index", None if expanded.parquet else len(expanded.files))
-    for batch in dataset.iter_batches(batch_size=settings.commit_every, batch_format="numpy"):
-        images, regions = [], []
+    progress = Progress("index", None if expanded.parquet else len(files))
+    # batch_size=None: each block as it arrives, so the writer's clock, not a batch size, decides commits.
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for row in _rows(batch):
             summary.inputs += 1
             progress.advance()
             if row["status"] == SKIPPED:
                 summary.skipped += 1
                 continue
-            if row["image_id"] in seen:
+            image_row, region_rows = table_rows(row, preset.fingerprint)
+            if not writer.add(image_row, region_rows):
                 summary.duplicates += 1
                 continue
-            seen.add(row["image_id"])
-            image_row, region_rows = table_rows(row, preset.fingerprint)
-            images.append(image_row)
-            regions.extend(region_rows)
             summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
             if row["status"] == OK:
                 summary.ok += 1
@@ -145,8 +169,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
             else:
                 summary.failed += 1
                 summary.failures.append((row["uri"], row["error"]))
-        if images:
-            store.commit(images, regions)
+    writer.close()
     if settings.build_index:
         summary.index = store.maybe_build_index()
     summary.seconds = time.perf_counter() - started
@@ -188,24 +211,43 @@ def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
     return sam_actors, clip_actors
 
 
-def _read_stage(expanded, known, settings: IndexSettings):
+def unfinished(store: IndexStore, files: list[str], summary: IndexSummary) -> list[tuple[str, int, int]]:
+    """(uri, size, mtime_ns) of each file whose identity is not recorded yet (-1s when it has
+    none); the others are counted as skipped, decided from metadata alone."""
+    identities = identify(files)
+    recorded = store.known_sources()
+    keys = [source_key(uri, *identity) if identity else b"" for uri, identity in zip(files, identities)]
+    done = recorded.contains_many(keys) if len(recorded) else [False] * len(files)
+    todo = []
+    for uri, identity, finished in zip(files, identities, done):
+        if finished and identity:
+            summary.inputs += 1
+            summary.skipped += 1
+            summary.unread += 1
+        else:
+            todo.append((uri, *(identity or (NO_IDENTITY, NO_IDENTITY))))
+    return todo
+
+
+def _read_stage(files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings):
     common = {"known": known, "max_pixels": settings.max_pixels, "max_side": settings.max_side}
     parts = []
-    if expanded.files:
-        blocks = -(-len(expanded.files) // settings.read_batch_size)
-        items = ray.data.from_items([{"uri": uri} for uri in expanded.files], override_num_blocks=blocks)
+    if files:
+        blocks = -(-len(files) // settings.read_batch_size)
+        items = ray.data.from_items([{"uri": uri, "source_size": size, "source_mtime_ns": mtime}
+                                     for uri, size, mtime in files], override_num_blocks=blocks)
         parts.append(items.map_batches(read_files, fn_kwargs=common, num_cpus=settings.read_num_cpus,
                                        batch_size=settings.read_batch_size, batch_format="numpy"))
-    if expanded.parquet:
-        schema = pq.read_schema(expanded.parquet[0]) if "://" not in expanded.parquet[0] else None
+    if parquet:
+        schema = pq.read_schema(parquet[0]) if "://" not in parquet[0] else None
         names = set(schema.names) if schema is not None else set(PARQUET_BYTES_COLUMNS)
         bytes_column = next((c for c in PARQUET_BYTES_COLUMNS if c in names), None)
         if bytes_column is None:
-            raise SourceError(f"parquet file {expanded.parquet[0]} has no image-bytes column "
+            raise SourceError(f"parquet file {parquet[0]} has no image-bytes column "
                               f"(looked for {', '.join(PARQUET_BYTES_COLUMNS)}; it has {', '.join(sorted(names))})")
         key_column = next((c for c in ("key", "url") if c in names), None)
         columns = [bytes_column] + ([key_column] if key_column else [])
-        rows = ray.data.read_parquet(expanded.parquet, columns=columns, include_paths=True)
+        rows = ray.data.read_parquet(parquet, columns=columns, include_paths=True)
         parts.append(rows.map_batches(read_parquet_rows,
                                       fn_kwargs={**common, "bytes_column": bytes_column, "key_column": key_column},
                                       num_cpus=settings.read_num_cpus, batch_size=settings.read_batch_size,
@@ -237,5 +279,7 @@ def table_rows(row: dict, models: str) -> tuple[dict, list[dict]]:
         "n_regions": len(region_rows),
         "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
         "models": models,
+        **{name: (int(row[name]) if name in row and int(row[name]) != NO_IDENTITY else None)
+           for name in ("source_size", "source_mtime_ns")},
     }
     return image_row, region_rows

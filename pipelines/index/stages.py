@@ -17,15 +17,19 @@ from PIL import Image
 from maskdex.operators.common import rle as rle_codec
 from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side
 from maskdex.pipelines.common.sources import read_bytes
+from maskdex.storage.digests import DigestSet, image_key
 
 PENDING, OK, FAILED, SKIPPED = "pending", "ok", "failed", "skipped"
+NO_IDENTITY = -1  # source_size / source_mtime_ns of an input that has none (a parquet row)
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 log = logging.getLogger(__name__)
 
 
-def _row(uri, image_id="", status=PENDING, error="", width=0, height=0, image=_NO_PIXELS) -> dict:
+def _row(uri, image_id="", status=PENDING, error="", width=0, height=0, image=_NO_PIXELS,
+         identity=(NO_IDENTITY, NO_IDENTITY)) -> dict:
     return {"uri": uri, "image_id": image_id, "status": status, "error": error,
-            "width": width, "height": height, "image": image}
+            "width": width, "height": height, "image": image,
+            "source_size": identity[0], "source_mtime_ns": identity[1]}
 
 
 def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -41,44 +45,39 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return columns
 
 
-def _prepare(uri: str, data: bytes | None, read_error: str | None, known: np.ndarray,
-             max_pixels: int, max_side: int) -> dict:
+def _prepare(uri: str, data: bytes | None, read_error: str | None, known: DigestSet,
+             max_pixels: int, max_side: int, identity=(NO_IDENTITY, NO_IDENTITY)) -> dict:
     # Without bytes there is no content hash: an unreadable input is keyed by its path instead.
     image_id = hashlib.sha256(data).hexdigest() if read_error is None else f"unreadable-{hashlib.sha256(uri.encode()).hexdigest()}"
-    if _is_known(known, image_id):
-        return _row(uri, image_id, SKIPPED)
+    if image_key(image_id) in known:
+        return _row(uri, image_id, SKIPPED, identity=identity)
     if read_error is not None:
-        return _row(uri, image_id, FAILED, read_error)
+        return _row(uri, image_id, FAILED, read_error, identity=identity)
     try:
         rgb = decode_image(data, max_pixels)
     except DecodeError as error:
-        return _row(uri, image_id, FAILED, str(error))
+        return _row(uri, image_id, FAILED, str(error), identity=identity)
     height, width = rgb.shape[:2]
-    return _row(uri, image_id, PENDING, "", width, height, resize_longest_side(rgb, max_side))
+    return _row(uri, image_id, PENDING, "", width, height, resize_longest_side(rgb, max_side), identity)
 
 
-def _is_known(known: np.ndarray, image_id: str) -> bool:
-    """known: the sorted ids as fixed-width bytes (a compact broadcast: about 64 bytes per indexed image)."""
-    key = image_id.encode("ascii")
-    position = np.searchsorted(known, key)
-    return bool(position < known.size and known[position] == key)
-
-
-def _known(known) -> np.ndarray:
+def _known(known) -> DigestSet:
     return ray.get(known) if isinstance(known, ray.ObjectRef) else known
 
 
 def read_files(batch: dict[str, np.ndarray], *, known, max_pixels: int, max_side: int) -> dict[str, np.ndarray]:
     """Read, hash, skip-if-indexed, decode and resize a batch of image files (a CPU task)."""
     known = _known(known)
+    sizes = batch.get("source_size", [NO_IDENTITY] * len(batch["uri"]))
+    mtimes = batch.get("source_mtime_ns", [NO_IDENTITY] * len(batch["uri"]))
     rows = []
-    for uri in batch["uri"]:
+    for uri, size, mtime in zip(batch["uri"], sizes, mtimes):
         uri = str(uri)
         try:
             data, read_error = read_bytes(uri), None
         except OSError as error:
             data, read_error = None, f"cannot read file: {type(error).__name__}: {error.strerror or error}"
-        rows.append(_prepare(uri, data, read_error, known, max_pixels, max_side))
+        rows.append(_prepare(uri, data, read_error, known, max_pixels, max_side, (int(size), int(mtime))))
     return _columns(rows)
 
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.support.corpus import build_corpus
+from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.paths import REPO
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pytest
+from PIL import Image
+from skimage import data
 
 from maskdex.operators.common import rle as rle_codec
 from maskdex.pipelines.index.job import IndexSettings, run_index
@@ -72,3 +75,31 @@ def test_appending_with_another_preset_is_refused(tmp_path, ray_local):
     assert store.stats()["images_ok"] == 1
     with pytest.raises(ValueError, match="tiny"):
         run_index([str(corpus.ok[0])], db, IndexSettings(models="fast"))
+
+
+@pytest.mark.slow
+def test_a_resume_over_a_finished_folder_reads_no_image_bytes(tmp_path, ray_local):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).resize((96, 64)).save(folder / f"{name}.png")
+    (folder / "notes.jpg").write_text("not an image, recorded as failed\n")
+    db = str(tmp_path / "db")
+    first = run_index([str(folder)], db, SETTINGS)
+    assert (first.ok, first.failed, first.unread) == (2, 1, 0)
+
+    # Same size, same mtime, other bytes: were any file read, it would hash to a new image (or fail).
+    for path in folder.iterdir():
+        stat = path.stat()
+        path.write_bytes(os.urandom(stat.st_size))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = run_index([str(folder)], db, SETTINGS)
+    assert (again.inputs, again.skipped, again.unread) == (3, 3, 3)
+    assert again.ok == again.failed == again.regions == 0 and not again.failures
+    assert len(_table(db, "images")) == 3
+
+    # A file that changed (its mtime moved) is read again: its new bytes are a new input.
+    changed = folder / "coffee.png"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    third = run_index([str(folder)], db, SETTINGS)
+    assert (third.unread, third.failed) == (2, 1) and "not an image" in third.failures[0][1]

@@ -1,0 +1,148 @@
+"""IndexWriter on a real LanceDB directory: commits sized by rows and time, compaction during a run,
+search while it runs; the digest sets and the migration of an older images table."""
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from benchmarks.synthetic_regions import image_id
+from maskdex.storage import IndexStore, schemas
+from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
+from maskdex.storage.index_writer import CommitPolicy, IndexWriter
+from tests.storage.test_storage_store import DIM, MODELS, image_with_regions
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_images(tmp_path):
+    uri = str(tmp_path / "index")
+    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+    writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=5, background_upkeep=False))
+    found_during_run = set()
+    for number in range(60):
+        image, regions = image_with_regions(number, n_regions=3)
+        assert writer.add(image, regions)
+        if number == 39:  # mid-run: 20 commits so far, the last compaction after the 20th
+            hits = reader.search(regions[0]["embedding"], k=5)
+            found_during_run = {hit["image_id"] for hit in hits}
+            assert image["image_id"] in found_during_run, "a committed image is searchable during the run"
+    writer.close()
+    assert (writer.commits, writer.compactions, writer.committed_images) == (30, 6, 60)
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"]) == (60, 180)
+    # 30 commits without compaction would leave 30 fragments per table.
+    assert stats["images_fragments"] <= 2 and stats["regions_fragments"] <= 2, stats
+    assert found_during_run
+
+
+def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=4))
+    for number in range(40):
+        assert writer.add(*image_with_regions(number, n_regions=2))
+    writer.close()
+    writer.store.compact()  # what run_index's closing maybe_build_index does
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
+    assert writer.compactions >= 1 and stats["regions_fragments"] <= 2, stats
+
+
+def test_commits_are_sized_by_images_rows_and_time(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    clock = Clock()
+    writer = IndexWriter(store, CommitPolicy(commit_images=100, commit_rows=10, commit_seconds=5.0), clock=clock)
+    writer.add(*image_with_regions(0, n_regions=4))
+    writer.add(*image_with_regions(1, n_regions=4))
+    assert writer.commits == 0 and writer.pending_images == 2
+    writer.add(*image_with_regions(2, n_regions=4))  # 12 region rows >= 10
+    assert writer.commits == 1 and writer.pending_images == 0
+    writer.add(*image_with_regions(3, n_regions=1))
+    clock.now = 4.9
+    writer.add(*image_with_regions(4, n_regions=1))
+    assert writer.commits == 1
+    clock.now = 10.0
+    writer.add(*image_with_regions(5, n_regions=1))  # 5 s since the last commit
+    assert writer.commits == 2 and store.stats()["images_ok"] == 6
+
+
+def test_duplicates_collapse_against_the_buffer_and_the_table(tmp_path):
+    uri = str(tmp_path / "index")
+    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    store.commit(*[[row] if isinstance(row, dict) else row for row in image_with_regions(0)])
+    writer = IndexWriter(store, CommitPolicy(commit_images=10))
+    assert not writer.add(*image_with_regions(0)), "stored before the run"
+    assert writer.add(*image_with_regions(1))
+    assert not writer.add(*image_with_regions(1)), "buffered in this run"
+    writer.close()
+    assert not writer.add(*image_with_regions(1)), "committed in this run"
+    writer.close()
+    images = lancedb.connect(uri).open_table("images").to_arrow()["image_id"].to_pylist()
+    assert sorted(images) == sorted([image_id(0), image_id(1)])
+
+
+def test_policy_rejects_nonsense():
+    with pytest.raises(ValueError, match="commit_rows"):
+        CommitPolicy(commit_rows=0)
+    with pytest.raises(ValueError, match="commit_seconds"):
+        CommitPolicy(commit_seconds=0)
+
+
+def test_digest_sets_match_digests_ending_in_zero_bytes():
+    rng = np.random.default_rng(0)
+    digests = [bytes(rng.integers(0, 256, 31, dtype=np.uint8)) + b"\0" for _ in range(50)]
+    digests += [bytes(rng.integers(0, 256, 32, dtype=np.uint8)) for _ in range(50)]
+    merged = DigestSet(32, np.array(digests[:30], dtype="S32"))
+    for digest in digests[30:60]:
+        merged.add(digest)  # pending, not merged yet
+    expected = [True] * 60 + [False] * 40
+    assert merged.contains_many(digests).tolist() == expected
+    assert merged.frozen().contains_many(digests).tolist() == expected and len(merged) == 60
+    # Ids that are not sha256 hex (unreadable inputs) are hashed to the same width.
+    assert image_keys(["unreadable-x", "a" * 64]).tolist() == [image_key("unreadable-x"), bytes.fromhex("a" * 64)]
+    assert source_key("/a.jpg", 10, 1) != source_key("/a.jpg", 10, 2) != source_key("/a.jpg", 11, 2)
+
+
+def test_known_ids_and_sources_cost_a_fixed_width_per_image(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    images, regions = [], []
+    for number in range(20):
+        image, its_regions = image_with_regions(number, 1)
+        images.append({**image, "source_size": 100 + number, "source_mtime_ns": 7})
+        regions += its_regions
+    images.append(image_with_regions(99, 0)[0])  # no identity (a parquet row, say)
+    store.commit(images, regions)
+    known = store.known_ids()
+    assert len(known) == 21 and known.nbytes == 21 * 32
+    assert known.contains_many([image_key(image_id(3)), image_key(image_id(50))]).tolist() == [True, False]
+    sources = store.known_sources()
+    assert len(sources) == 20 and sources.nbytes == 20 * 16
+    assert source_key(images[3]["uri"], 103, 7) in sources
+    assert source_key(images[3]["uri"], 103, 8) not in sources
+
+
+def test_an_older_images_table_gains_the_source_columns_when_opened_writable(tmp_path):
+    old_uri = str(tmp_path / "old")
+    current = schemas.images_schema(DIM, MODELS)
+    old_fields = [f for f in current if f.name not in schemas.IMAGES_ADDED_COLUMNS]
+    db_old = lancedb.connect(old_uri)
+    db_old.create_table("regions", schema=schemas.regions_schema(DIM, MODELS))
+    db_old.create_table("images", schema=pa.schema(old_fields, metadata=current.metadata))
+    image, regions = image_with_regions(0)
+
+    reader = IndexStore.open(old_uri, models=None, embed_dim=None, read_only=True)
+    assert len(reader.known_sources()) == 0  # read_only never changes the table, and still works
+    assert "source_size" not in lancedb.connect(old_uri).open_table("images").schema.names
+
+    store = IndexStore.open(old_uri, models=MODELS, embed_dim=DIM)
+    assert {"source_size", "source_mtime_ns"} <= set(lancedb.connect(old_uri).open_table("images").schema.names)
+    assert store.models == MODELS and store.embed_dim == DIM  # the build record survived
+    store.commit([{**image, "source_size": 5, "source_mtime_ns": 6}], regions)
+    assert source_key(image["uri"], 5, 6) in store.known_sources()
