@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from maskdex.operators.rns.memory import SupportMemory, class_features, retrieve
-from maskdex.operators.rns.train import TrainingSet, head_probabilities, row_weights, stack_training_sets, train_heads
+from maskdex.operators.rns.train import (
+    HEAD_INITS,
+    TrainingSet,
+    head_probabilities,
+    row_weights,
+    stack_training_sets,
+    train_heads,
+)
 from maskdex.operators.rns.units import TestUnits
 
 # Cosine scores are >= -1, so a class scored this low never wins an argmax, even after bilinear mixing.
@@ -39,6 +46,8 @@ class RNSSettings:
     pseudo_temperature: float = 100.0
     use_text: bool = True
     use_relevance: bool = True
+    # The authors' linear_layer initialisation; "torch-linear" keeps nn.Linear's default (see init_heads).
+    head_init: str = "official"
 
     def __post_init__(self):
         if self.k < 1:
@@ -52,6 +61,8 @@ class RNSSettings:
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
         if self.fused_factor < 0 or self.pseudo_factor < 0:
             raise ValueError("fused_factor and pseudo_factor must be >= 0")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
 
     def replace(self, **changes) -> RNSSettings:
         return replace(self, **changes)
@@ -212,7 +223,8 @@ def rns_segment(units: TestUnits, memory: SupportMemory, text: torch.Tensor | No
         labels = units.labels(zero_shot_scores(units.features, text, named_mask))
         return RNSResult(labels, used_fallback=True, n_rows=0, **support)
     weight, bias = train_heads(stack_training_sets([training.training_set]), steps=settings.steps, lr=settings.lr,
-                               weight_decay=settings.weight_decay, betas=settings.betas, seeds=seed)
+                               weight_decay=settings.weight_decay, betas=settings.betas, seeds=seed,
+                               init=settings.head_init)
     probabilities = head_probabilities(weight[0], bias[0], units.features)
     return RNSResult(units.labels(probabilities), used_fallback=False,
                      n_rows=int(training.training_set.features.shape[0]), **support)
