@@ -210,15 +210,20 @@ def _flushing_denormals(device: torch.device):
 
     Late in training the gradients of classes that no row belongs to fall below 1e-19, their squares
     into the denormal range, where x86 arithmetic is many times slower. Such an Adam update is
-    lr * m / (sqrt(v) + 1e-8) with m < 1e-19: flushing changes the heads by less than 1e-12.
+    lr * m / (sqrt(v) + 1e-8) with m < 1e-19: flushing changes the heads by less than 1e-12. A process
+    that flushes already is left as it is.
     """
-    if device.type != "cpu" or not torch.set_flush_denormal(True):
+    if device.type != "cpu" or _flushes_denormals() or not torch.set_flush_denormal(True):
         yield
         return
     try:
         yield
     finally:
         torch.set_flush_denormal(False)
+
+
+def _flushes_denormals() -> bool:
+    return torch.tensor(1e-40, dtype=torch.float32).mul(1.0).item() == 0.0
 
 
 def head_probabilities(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
