@@ -5,10 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+from maskdex.operators.rns.memory import SupportMemory
+from maskdex.operators.rns.method import RNSSettings, prepare_training
 from maskdex.operators.rns.train import (
     TrainingSet,
     head_probabilities,
     init_heads,
+    reference_train_heads,
     rns_loss,
     row_weights,
     stack_training_sets,
@@ -177,3 +180,36 @@ def test_bad_training_inputs_are_clear_errors():
         train_heads(stack_training_sets([_toy_set(0, 5)]), steps=1, lr=0.01, weight_decay=0.0, seeds=[1, 2])
     with pytest.raises(ValueError, match="does not fit"):
         head_probabilities(torch.zeros(3, 8), torch.zeros(3), torch.zeros(4, 7))
+
+
+def _rns_problem(seed: int, n_classes: int = 12, dim: int = 64):
+    """Patch features of six classes, a memory of four prototypes for eight classes, text for all."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=generator) + 1.0, dim=-1)
+
+    def noisy(rows, scale):
+        return torch.nn.functional.normalize(rows + scale * torch.randn(rows.shape, generator=generator) / dim**0.5,
+                                             dim=-1)
+
+    class_ids = torch.arange(8).repeat_interleave(4)
+    memory = SupportMemory(noisy(centres[class_ids], 0.8), class_ids, torch.arange(len(class_ids)))
+    patches = noisy(centres[torch.randint(0, 6, (300,), generator=generator) * 2 % n_classes], 1.2)
+    return patches, memory, noisy(centres, 0.5)
+
+
+def test_fast_training_equals_the_reference_implementation():
+    settings = RNSSettings()  # the paper's 700 steps
+    problems = [_rns_problem(seed) for seed in (0, 1)]
+    trainings = [prepare_training(patches, memory, text, settings) for patches, memory, text in problems]
+    assert all(t.pseudo_classes for t in trainings)  # retrieved, fused and pseudo rows all take part
+    batch = stack_training_sets([t.training_set for t in trainings])
+    assert batch.n_rows[0] != batch.n_rows[1]  # and padding
+    kwargs = dict(steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay, seeds=[3, 4])
+    fast, reference = train_heads(batch, **kwargs), reference_train_heads(batch, **kwargs)
+    for index, (patches, _, _) in enumerate(problems):
+        new = head_probabilities(fast[0][index], fast[1][index], patches)
+        old = head_probabilities(reference[0][index], reference[1][index], patches)
+        torch.testing.assert_close(new, old, atol=1e-6, rtol=0)
+        assert torch.equal(new.argmax(dim=1), old.argmax(dim=1))
+    torch.testing.assert_close(fast[0], reference[0], atol=2e-6, rtol=0)
+    assert (fast[0] - init_heads(2, 12, 64, [3, 4])[0]).abs().max() > 0.1  # it did train
