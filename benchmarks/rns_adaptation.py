@@ -6,9 +6,12 @@ has a random direction; a support prototype or a test patch is that direction pl
 test image shows six classes. The retrieved set's size |V_r| and the training rows are printed.
 The time splits into retrieval (k-NN search plus building the fused and pseudo rows), training
 (700 full-batch AdamW steps) and prediction (softmax per patch, bilinear upsampling, argmax).
-Prints a table of medians over repeats; asserts nothing.
+Training is timed twice on the same rows, interleaved: the plain reference (autograd and
+torch.optim.AdamW, maskdex's implementation before the fast path) and train_heads, with their ratio,
+the time per step, and how far apart their probabilities and labels are. The last column trains a
+stack of images at once (ms per image). Prints a table of medians over repeats; asserts nothing.
 
-    python benchmarks/rns_adaptation.py [--repeats 3] [--device cpu] [--shots 20 100] [--threads N] [--batch 8]
+    python -m benchmarks.rns_adaptation [--repeats 3] [--device cpu] [--shots 20 100] [--threads N] [--batch 8]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 
 from maskdex.operators.rns.method import RNSSettings, prepare_training
 from maskdex.operators.rns.memory import SupportMemory
-from maskdex.operators.rns.train import head_probabilities, stack_training_sets, train_heads
+from maskdex.operators.rns.train import head_probabilities, reference_train_heads, stack_training_sets, train_heads
 from maskdex.operators.rns.units import patch_units
 
 DIM = 512
@@ -61,36 +64,47 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _train(train, batch, settings: RNSSettings, seeds):
+    return train(batch, steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay,
+                 betas=settings.betas, seeds=seeds, init=settings.head_init)
+
+
 def measure(n_classes: int, shots: int, repeats: int, device: torch.device, batch: int,
             settings: RNSSettings) -> dict:
-    times = {"retrieval": [], "training": [], "prediction": [], "batched": []}
+    """Medians over repeats; the reference (old) and the fast (new) training run interleaved on the same rows."""
+    times = {"retrieval": [], "old": [], "new": [], "prediction": [], "batched": []}
+    worst, labels_equal = 0.0, True
     for repeat in range(repeats):
         units, memory, text = synthetic_problem(n_classes, shots, repeat, device)
         _synchronise(device)
         start = time.perf_counter()
         training = prepare_training(units.features, memory, text, settings)
         _synchronise(device)
-        retrieved = time.perf_counter()
-        weight, bias = train_heads(stack_training_sets([training.training_set]), steps=settings.steps, lr=settings.lr,
-                                   weight_decay=settings.weight_decay, betas=settings.betas, seeds=repeat)
-        _synchronise(device)
-        trained = time.perf_counter()
-        units.labels(head_probabilities(weight[0], bias[0], units.features))
-        _synchronise(device)
-        predicted = time.perf_counter()
-        times["retrieval"].append(retrieved - start)
-        times["training"].append(trained - retrieved)
-        times["prediction"].append(predicted - trained)
-        if batch > 1:
-            stacked = stack_training_sets([training.training_set] * batch)
+        times["retrieval"].append(time.perf_counter() - start)
+        stacked = stack_training_sets([training.training_set])
+        heads = {}
+        for name, train in (("old", reference_train_heads), ("new", train_heads))[:: 1 if repeat % 2 else -1]:
             start = time.perf_counter()
-            train_heads(stacked, steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay,
-                        betas=settings.betas, seeds=list(range(batch)))
+            heads[name] = _train(train, stacked, settings, repeat)
+            _synchronise(device)
+            times[name].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        probabilities = head_probabilities(heads["new"][0][0], heads["new"][1][0], units.features)
+        units.labels(probabilities)
+        _synchronise(device)
+        times["prediction"].append(time.perf_counter() - start)
+        old = head_probabilities(heads["old"][0][0], heads["old"][1][0], units.features)
+        worst = max(worst, (old - probabilities).abs().max().item())
+        labels_equal &= torch.equal(units.labels(old), units.labels(probabilities))
+        if batch > 1:
+            many = stack_training_sets([training.training_set] * batch)
+            start = time.perf_counter()
+            _train(train_heads, many, settings, list(range(batch)))
             _synchronise(device)
             times["batched"].append((time.perf_counter() - start) / batch)
     row = {name: 1000 * statistics.median(values) for name, values in times.items() if values}
     row.update(classes=n_classes, memory=len(memory), retrieved=training.n_retrieved,
-               rows=int(training.training_set.features.shape[0]))
+               rows=int(training.training_set.features.shape[0]), worst=worst, labels_equal=labels_equal)
     return row
 
 
@@ -98,31 +112,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=0, help="also time training this many images together")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="also time training this many images together (ms per image); 0 or 1 skips it")
     parser.add_argument("--steps", type=int, default=RNSSettings().steps)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 avoids oversubscription on a busy machine")
     parser.add_argument("--shots", type=int, nargs="+", default=[20, 100], help="memory prototypes per class")
+    parser.add_argument("--classes", type=int, nargs="+", default=[21, 60, 150])
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     settings = RNSSettings(steps=args.steps)
-    measure(21, 1, 1, device, 0, settings.replace(steps=5))  # warm-up: first calls pay for lazy initialisation
+    measure(21, 1, 2, device, 2, settings.replace(steps=5))  # warm-up: first calls pay for lazy initialisation
     print(f"RNS adaptation, {settings.steps} steps, D={DIM}, grid {GRID[0]}x{GRID[1]}, image {IMAGE_SIZE}, "
-          f"device {device}, {torch.get_num_threads()} threads; median of {args.repeats} (ms per image)")
-    header = f"{'classes':>7} {'shots':>5} {'memory':>6} {'|V_r|':>6} {'rows':>5} {'retrieval':>9} {'training':>9} " \
-             f"{'prediction':>10} {'total':>8}"
+          f"device {device}, {torch.get_num_threads()} threads; median of {args.repeats} (ms per image).\n"
+          f"old = reference_train_heads (autograd + torch.optim.AdamW), new = train_heads, interleaved; "
+          f"max |dp| = largest difference of their per-patch probabilities")
+    header = f"{'classes':>7} {'shots':>5} {'memory':>6} {'|V_r|':>6} {'rows':>5} {'retrieval':>9} " \
+             f"{'train old':>9} {'train new':>9} {'new/old':>7} {'us/step':>7} {'prediction':>10} {'total':>7} " \
+             f"{'max |dp|':>8} {'labels':>6}"
     if args.batch > 1:
-        header += f" {'training, batch of ' + str(args.batch):>22}"
+        header += f" {'train new, batch of ' + str(args.batch):>23}"
     print(header)
-    for n_classes, shots in [(c, s) for c in (21, 60, 150) for s in args.shots]:
+    for n_classes, shots in [(c, s) for c in args.classes for s in args.shots]:
         row = measure(n_classes, shots, args.repeats, device, args.batch, settings)
-        total = row["retrieval"] + row["training"] + row["prediction"]
+        total = row["retrieval"] + row["new"] + row["prediction"]
+        per_step = 1000 * row["new"] / max(settings.steps, 1)
         line = (f"{row['classes']:>7} {shots:>5} {row['memory']:>6} {row['retrieved']:>6} {row['rows']:>5} "
-                f"{row['retrieval']:>9.1f} {row['training']:>9.1f} {row['prediction']:>10.1f} {total:>8.1f}")
+                f"{row['retrieval']:>9.1f} {row['old']:>9.1f} {row['new']:>9.1f} {row['new'] / row['old']:>7.2f} "
+                f"{per_step:>7.0f} {row['prediction']:>10.1f} {total:>7.1f} {row['worst']:>8.1e} "
+                f"{'same' if row['labels_equal'] else 'DIFFER':>6}")
         if args.batch > 1:
-            line += f" {row['batched']:>22.1f}"
+            line += f" {row['batched']:>23.1f}"
         print(line, flush=True)
 
 

@@ -13,7 +13,7 @@ from maskdex.jobs.serve.config import ServiceConfig, load_config, parse_config
 
 APP_NAME = "maskdex"
 # How many requests a replica takes at once unless configured: the encoder must hold several batches
-# for batching to happen; the segmenter runs one image at a time and queues one more.
+# for batching to happen; the segmenter trains one batch of images while the next one gathers.
 _DEFAULT_ONGOING = {"TextEncoder": 64, "Segmenter": 2, "Api": 256, "Reranker": 32}
 
 
@@ -31,7 +31,10 @@ def build(config: ServiceConfig):
         chosen = config.deployment_options(name)
         if "autoscaling_config" not in chosen:
             chosen.setdefault("num_replicas", 1)
-        chosen.setdefault("max_ongoing_requests", _DEFAULT_ONGOING[name])
+        ongoing = _DEFAULT_ONGOING[name]
+        if name == "Segmenter":
+            ongoing *= config.maskdex.segment_batching.max_batch_size
+        chosen.setdefault("max_ongoing_requests", ongoing)
         return chosen
 
     encoder = TextEncoder.options(**options("TextEncoder")).bind(settings)

@@ -47,7 +47,8 @@ class Limits(BaseModel):
 
 
 class Batching(BaseModel):
-    """How the text encoder gathers concurrent queries into one forward pass."""
+    """How a deployment gathers concurrent requests: the text encoder's queries into one forward pass,
+    the segmenter's images into one training of their heads (max_batch_size 1: one at a time)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -111,6 +112,8 @@ class MaskdexConfig(BaseModel):
     limits: Limits = Limits()
     batching: Batching = Batching()
     rerank: RerankConfig | None = None  # None: the service answers searches with the first stage only
+    # Segmentations take seconds; waiting 20 ms for company costs little.
+    segment_batching: Batching = Batching(max_batch_size=8, batch_wait_timeout_s=0.02)
 
 
 class ServiceConfig(BaseModel):

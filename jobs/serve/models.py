@@ -75,21 +75,41 @@ class SegmenterModel:
             rns=RNSSettings(steps=settings.rns_steps), max_pixels=settings.limits.max_pixels), create=True)
         # The Segmenter's caches are not thread-safe; listing the sets need not wait for a segmentation.
         self._lock = threading.Lock()
+        self._segment_batch.set_max_batch_size(settings.segment_batching.max_batch_size)
+        self._segment_batch.set_batch_wait_timeout_s(settings.segment_batching.batch_wait_timeout_s)
 
-    def segment(self, image: bytes, set_name: str, classes: list[str] | None, mode: str, shots_only: bool,
-                seed: int, image_id: str | None) -> dict:
+    async def segment(self, image: bytes, set_name: str, classes: list[str] | None, mode: str, shots_only: bool,
+                      seed: int, image_id: str | None) -> dict:
+        from maskdex.pipelines.fewshot.segmenter import SegmentCall
+
+        outcome = await self._segment_batch(SegmentCall(image, set_name, classes, mode, shots_only, seed, image_id))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _segment_batch(self, calls: list) -> list:
+        """Concurrent requests on one support set (same classes and mode) train their heads together;
+        each gets the result it would get alone, or its own error."""
+        return await asyncio.to_thread(self._segment_calls, calls)
+
+    def _segment_calls(self, calls: list) -> list:
         from maskdex.operators.common import rle
         from maskdex.pipelines.fewshot.outputs import colours, labels_image
 
         with self._lock:
-            result = self.segmenter.segment(image, set_name, classes, mode=mode, shots_only=shots_only, seed=seed,
-                                            image_id=image_id)
-        png = io.BytesIO()
-        labels_image(result.labels, len(result.class_names)).save(png, format="PNG")
-        masks = {name: rle.encode(result.labels == index) for index, name in enumerate(result.class_names)}
-        return {**result.summary(), "set": set_name, "colours": colours(len(result.class_names)).tolist(),
-                "labels_png": base64.b64encode(png.getvalue()).decode("ascii"),
-                "masks": masks}
+            results = self.segmenter.segment_many(calls)
+        responses = []
+        for call, result in zip(calls, results):
+            if isinstance(result, Exception):
+                responses.append(result)
+                continue
+            png = io.BytesIO()
+            labels_image(result.labels, len(result.class_names)).save(png, format="PNG")
+            masks = {name: rle.encode(result.labels == index) for index, name in enumerate(result.class_names)}
+            responses.append({**result.summary(), "set": call.set_name, "colours": colours(len(result.class_names)).tolist(),
+                              "labels_png": base64.b64encode(png.getvalue()).decode("ascii"), "masks": masks})
+        return responses
 
     def add_example(self, set_name: str, image: bytes, label_png: bytes, class_names: list[str]) -> dict:
         from maskdex.pipelines.fewshot.labels import read_label_map

@@ -3,8 +3,8 @@
 The steps follow design.md section 3 ("RNS"), each a function of tensors:
 1. relevance_weights, 2. zero_shot_labels, 3. retrieval (rns_memory.retrieve), 4. fused_features,
 5. pseudo_features, 6. the weighted loss and training (rns_train), 7. prediction (rns_segment).
-prepare_training gathers steps 1-5 for one image; rns_segment runs them all. To adapt many images
-at once, prepare each, stack the training sets and call train_heads once.
+prepare_training gathers steps 1-5 for one image; rns_segment runs them all; rns_segment_batch runs
+them for many images against one memory, training their heads together in one call of train_heads.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from maskdex.operators.rns.memory import SupportMemory, class_features, retrieve
-from maskdex.operators.rns.train import TrainingSet, head_probabilities, row_weights, stack_training_sets, train_heads
+from maskdex.operators.rns.train import (
+    HEAD_INITS,
+    TrainingSet,
+    head_probabilities,
+    row_weights,
+    stack_training_sets,
+    train_heads,
+)
 from maskdex.operators.rns.units import TestUnits
 
 # Cosine scores are >= -1, so a class scored this low never wins an argmax, even after bilinear mixing.
@@ -39,6 +46,8 @@ class RNSSettings:
     pseudo_temperature: float = 100.0
     use_text: bool = True
     use_relevance: bool = True
+    # The authors' linear_layer initialisation; "torch-linear" keeps nn.Linear's default (see init_heads).
+    head_init: str = "official"
 
     def __post_init__(self):
         if self.k < 1:
@@ -52,6 +61,8 @@ class RNSSettings:
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
         if self.fused_factor < 0 or self.pseudo_factor < 0:
             raise ValueError("fused_factor and pseudo_factor must be >= 0")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
 
     def replace(self, **changes) -> RNSSettings:
         return replace(self, **changes)
@@ -201,21 +212,45 @@ def rns_segment(units: TestUnits, memory: SupportMemory, text: torch.Tensor | No
                 settings: RNSSettings = RNSSettings(), *, named: Sequence[bool] | None = None,
                 n_classes: int | None = None, seed: int = 0) -> RNSResult:
     """RNS for one test image (patch or region units); see prepare_training for the arguments."""
-    training = prepare_training(units.features, memory, text, settings, named=named, n_classes=n_classes)
-    support = dict(visual_classes=training.visual_classes, text_classes=training.text_classes,
-                   retrieved_classes=training.retrieved_classes, pseudo_classes=training.pseudo_classes,
-                   n_retrieved=training.n_retrieved)
-    if training.training_set is None:
-        if not settings.use_text or text is None:
-            raise ValueError("no requested class has visual support and text is not used: nothing to predict with")
-        named_mask = _named_mask(named, text.shape[0], units.features.device)
-        labels = units.labels(zero_shot_scores(units.features, text, named_mask))
-        return RNSResult(labels, used_fallback=True, n_rows=0, **support)
-    weight, bias = train_heads(stack_training_sets([training.training_set]), steps=settings.steps, lr=settings.lr,
-                               weight_decay=settings.weight_decay, betas=settings.betas, seeds=seed)
-    probabilities = head_probabilities(weight[0], bias[0], units.features)
-    return RNSResult(units.labels(probabilities), used_fallback=False,
-                     n_rows=int(training.training_set.features.shape[0]), **support)
+    return rns_segment_batch([units], memory, text, settings, named=named, n_classes=n_classes, seeds=[seed])[0]
+
+
+def rns_segment_batch(units: Sequence[TestUnits], memory: SupportMemory, text: torch.Tensor | None,
+                      settings: RNSSettings = RNSSettings(), *, named: Sequence[bool] | None = None,
+                      n_classes: int | None = None, seeds: Sequence[int] | int = 0) -> list[RNSResult]:
+    """RNS for several test images with one memory and one class list, their heads trained together.
+
+    One batched optimisation instead of one per image; each result is rns_segment of that image with
+    its seed (one seed for all, or one per image): a head's loss and AdamW step only see its own image.
+    """
+    seeds = [seeds] * len(units) if isinstance(seeds, int) else list(seeds)
+    if len(seeds) != len(units):
+        raise ValueError(f"{len(units)} images but {len(seeds)} seeds")
+    trainings = [prepare_training(u.features, memory, text, settings, named=named, n_classes=n_classes)
+                 for u in units]
+    trained = [index for index, training in enumerate(trainings) if training.training_set is not None]
+    heads = {}
+    if trained:
+        weight, bias = train_heads(stack_training_sets([trainings[i].training_set for i in trained]),
+                                   steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay,
+                                   betas=settings.betas, seeds=[seeds[i] for i in trained], init=settings.head_init)
+        heads = {index: (weight[row], bias[row]) for row, index in enumerate(trained)}
+    results = []
+    for index, (image_units, training) in enumerate(zip(units, trainings)):
+        support = dict(visual_classes=training.visual_classes, text_classes=training.text_classes,
+                       retrieved_classes=training.retrieved_classes, pseudo_classes=training.pseudo_classes,
+                       n_retrieved=training.n_retrieved)
+        if training.training_set is None:
+            if not settings.use_text or text is None:
+                raise ValueError("no requested class has visual support and text is not used: nothing to predict with")
+            named_mask = _named_mask(named, text.shape[0], image_units.features.device)
+            labels = image_units.labels(zero_shot_scores(image_units.features, text, named_mask))
+            results.append(RNSResult(labels, used_fallback=True, n_rows=0, **support))
+            continue
+        probabilities = head_probabilities(*heads[index], image_units.features)
+        results.append(RNSResult(image_units.labels(probabilities), used_fallback=False,
+                                 n_rows=int(training.training_set.features.shape[0]), **support))
+    return results
 
 
 def _check_pair(features: torch.Tensor, text: torch.Tensor) -> None:

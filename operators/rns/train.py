@@ -9,6 +9,7 @@ so a batch trains exactly as its images would one by one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,40 +83,98 @@ def rns_loss(logits: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
     return ((batch.weights * per_row).sum(dim=1) / batch.n_rows).sum()
 
 
-def init_heads(n_images: int, n_classes: int, dim: int, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, D) weights and (B, C) biases, initialised as torch's nn.Linear does (Kaiming-uniform).
+HEAD_INITS = ("official", "torch-linear")
 
-    Each image draws from its own seeded generator on the CPU, so a head starts the same whether it
-    trains alone or in a batch, and on any device.
+
+def init_heads(n_images: int, n_classes: int, dim: int, seeds: Sequence[int], init: str = "official"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, D) weights and (B, C) biases of the heads before training.
+
+    "official" starts each head as the authors' `linear_layer` does: the weight from
+    kaiming_uniform_(mode="fan_in", nonlinearity="relu"), i.e. U(-sqrt(6 / D), sqrt(6 / D)), and a zero
+    bias. Training only moves a head within the span of its few hundred training rows, so the initial
+    weight decides the rest of every test feature's score. "torch-linear" keeps nn.Linear's default
+    (weight bound 1 / sqrt(D), bias U(-1 / sqrt(D), 1 / sqrt(D))). Each image draws from its own seeded
+    generator on the CPU, so a head starts the same whether it trains alone or in a batch, and on any device.
     """
     if len(seeds) != n_images:
         raise ValueError(f"{n_images} images but {len(seeds)} seeds")
-    weights, biases = torch.empty(n_images, n_classes, dim), torch.empty(n_images, n_classes)
+    if init not in HEAD_INITS:
+        raise ValueError(f"unknown head init {init!r}; expected one of {', '.join(HEAD_INITS)}")
+    weights, biases = torch.empty(n_images, n_classes, dim), torch.zeros(n_images, n_classes)
     bound = 1.0 / math.sqrt(dim)
     for index, seed in enumerate(seeds):
         generator = torch.Generator().manual_seed(int(seed))
-        torch.nn.init.kaiming_uniform_(weights[index], a=math.sqrt(5), generator=generator)
-        torch.nn.init.uniform_(biases[index], -bound, bound, generator=generator)
+        if init == "official":
+            torch.nn.init.kaiming_uniform_(weights[index], mode="fan_in", nonlinearity="relu", generator=generator)
+        else:
+            torch.nn.init.kaiming_uniform_(weights[index], a=math.sqrt(5), generator=generator)
+            torch.nn.init.uniform_(biases[index], -bound, bound, generator=generator)
     return weights, biases
 
 
 def train_heads(batch: TrainingBatch, *, steps: int, lr: float, weight_decay: float,
-                betas: tuple[float, float] = (0.9, 0.999), seeds: Sequence[int] | int = 0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                betas: tuple[float, float] = (0.9, 0.999), seeds: Sequence[int] | int = 0, init: str = "official",
+                initial: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-batch AdamW on rns_loss; returns the trained (B, C, D) weights and (B, C) biases.
 
-    `seeds` is one seed for every image or one per image. The result is deterministic for given seeds.
+    `seeds` is one seed for every image or one per image; `init` picks the initial heads (see init_heads);
+    `initial` gives the (B, C, D) weights and (B, C) biases to start from instead. The result is
+    deterministic for given seeds and equals reference_train_heads (torch.optim.AdamW on autograd's
+    gradient) up to float rounding.
+
+    The problem is tiny (a few hundred rows, C x (D + 1) parameters per image), so each step's cost is
+    per-operation overhead, not arithmetic: the gradient is written out instead of taken by autograd
+    (dL/dz_i = w_i / N * (softmax(z_i) * sum(target_i) - target_i)), weight and bias are one flat
+    parameter against inputs with a column of ones, the AdamW step works in place on preallocated
+    buffers, and tiny gradients are flushed to zero instead of going through slow denormal arithmetic.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    n_images, _, dim = batch.features.shape
-    n_classes = batch.targets.shape[2]
-    seeds = [seeds] * n_images if isinstance(seeds, int) else list(seeds)
-    weight, bias = init_heads(n_images, n_classes, dim, seeds)
+    weight, bias = _initial_heads(batch, steps, seeds, init, initial)
+    features, device, dtype = batch.features, batch.features.device, batch.features.dtype
+    n_images, n_rows, dim = features.shape
+    n_classes = weight.shape[1]
+    beta1, beta2 = betas
+    with torch.no_grad(), _flushing_denormals(device):
+        # One parameter [W | b] per image against inputs [x | 1], so one bmm gives logits and one both gradients.
+        inputs = features.new_ones(n_images, n_rows, dim + 1)
+        inputs[..., :dim] = features
+        params = features.new_empty(n_images, n_classes, dim + 1)
+        params[..., :dim] = weight.to(device, dtype)
+        params[..., dim] = bias.to(device, dtype)
+        scale = (batch.weights / batch.n_rows.to(dtype)[:, None])[..., None]  # (B, N, 1): w_i / N of the image
+        negative_targets = -batch.targets * scale
+        mass = batch.targets.sum(dim=-1, keepdim=True) * scale
+        logits = features.new_empty(n_images, n_rows, n_classes)
+        grad_logits = torch.empty_like(logits)
+        grad, denominator = torch.empty_like(params), torch.empty_like(params)
+        exp_avg, exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
+        params_t, grad_logits_t = params.transpose(1, 2), grad_logits.transpose(1, 2)
+        for step in range(1, steps + 1):
+            torch.bmm(inputs, params_t, out=logits)
+            torch.softmax(logits, dim=-1, out=grad_logits)
+            torch.addcmul(negative_targets, grad_logits, mass, out=grad_logits)
+            torch.bmm(grad_logits_t, inputs, out=grad)
+            # torch.optim.AdamW's single-tensor step, operation for operation.
+            params.mul_(1.0 - lr * weight_decay)
+            exp_avg.lerp_(grad, 1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            torch.sqrt(exp_avg_sq, out=denominator)
+            denominator.div_((1.0 - beta2**step) ** 0.5).add_(_EPS)
+            params.addcdiv_(exp_avg, denominator, value=-lr / (1.0 - beta1**step))
+    return params[..., :dim].contiguous(), params[..., dim].contiguous()
+
+
+def reference_train_heads(batch: TrainingBatch, *, steps: int, lr: float, weight_decay: float,
+                          betas: tuple[float, float] = (0.9, 0.999), seeds: Sequence[int] | int = 0,
+                          init: str = "official", initial: tuple[torch.Tensor, torch.Tensor] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """train_heads written plainly: autograd on rns_loss and torch.optim.AdamW. Slower; kept as the
+    reference that train_heads is checked against (tests, benchmarks/rns_adaptation.py)."""
+    weight, bias = _initial_heads(batch, steps, seeds, init, initial)
     device, dtype = batch.features.device, batch.features.dtype
-    weight = weight.to(device, dtype).requires_grad_()
-    bias = bias.to(device, dtype).requires_grad_()
-    optimizer = torch.optim.AdamW([weight, bias], lr=lr, betas=betas, weight_decay=weight_decay)
+    weight = weight.to(device, dtype, copy=True).requires_grad_()
+    bias = bias.to(device, dtype, copy=True).requires_grad_()
+    optimizer = torch.optim.AdamW([weight, bias], lr=lr, betas=betas, weight_decay=weight_decay, eps=_EPS)
     features = batch.features.detach()
     with torch.enable_grad():
         for _ in range(steps):
@@ -124,6 +183,47 @@ def train_heads(batch: TrainingBatch, *, steps: int, lr: float, weight_decay: fl
             rns_loss(logits, batch).backward()
             optimizer.step()
     return weight.detach(), bias.detach()
+
+
+_EPS = 1e-8  # AdamW's default epsilon, as the authors' code uses
+
+
+def _initial_heads(batch: TrainingBatch, steps: int, seeds: Sequence[int] | int, init: str,
+                   initial: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    n_images, _, dim = batch.features.shape
+    n_classes = batch.targets.shape[2]
+    if initial is None:
+        seeds = [seeds] * n_images if isinstance(seeds, int) else list(seeds)
+        return init_heads(n_images, n_classes, dim, seeds, init)
+    weight, bias = initial
+    if weight.shape != (n_images, n_classes, dim) or bias.shape != (n_images, n_classes):
+        raise ValueError(f"initial heads ({tuple(weight.shape)}, {tuple(bias.shape)}) do not fit "
+                         f"{n_images} images, {n_classes} classes and dimension {dim}")
+    return weight, bias
+
+
+@contextlib.contextmanager
+def _flushing_denormals(device: torch.device):
+    """Flush denormal floats to zero on this thread's CPU while training, as GPUs do by default.
+
+    Late in training the gradients of classes that no row belongs to fall below 1e-19, their squares
+    into the denormal range, where x86 arithmetic is many times slower. Such an Adam update is
+    lr * m / (sqrt(v) + 1e-8) with m < 1e-19: flushing changes the heads by less than 1e-12. A process
+    that flushes already is left as it is.
+    """
+    if device.type != "cpu" or _flushes_denormals() or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _flushes_denormals() -> bool:
+    return torch.tensor(1e-40, dtype=torch.float32).mul(1.0).item() == 0.0
 
 
 def head_probabilities(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

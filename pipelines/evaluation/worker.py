@@ -133,7 +133,8 @@ def rns_batch(units: Sequence[TestUnits], memory: SupportMemory, text: torch.Ten
     heads = iter(())
     if sets:
         weight, bias = train_heads(stack_training_sets(sets), steps=settings.steps, lr=settings.lr,
-                                   weight_decay=settings.weight_decay, betas=settings.betas, seeds=seed)
+                                   weight_decay=settings.weight_decay, betas=settings.betas, seeds=seed,
+                                   init=settings.head_init)
         heads = zip(weight, bias)
     labels = []
     for image_units, training in zip(units, trainings):

@@ -24,11 +24,10 @@ from maskdex.operators.registry.presets import get_preset
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
-from maskdex.pipelines.fewshot.batched import BatchImage, segment_batch
 from maskdex.pipelines.fewshot.dense import open_support_store
 from maskdex.pipelines.fewshot.outputs import labels_image
 from maskdex.pipelines.fewshot.segment_job import SegmentRequest, check_request
-from maskdex.pipelines.fewshot.segmenter import SegmentResult, SegmentSettings, Segmenter
+from maskdex.pipelines.fewshot.segmenter import SegmentCall, SegmentResult, SegmentSettings, Segmenter
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.segmentation_store import SegmentationKey, SegmentationStore
 
@@ -166,38 +165,38 @@ def segment_rows(segmenter: Segmenter, items: list[dict], request: SegmentReques
     """Table rows (without the key's columns) for {image_id, uri} items: load each file, check it is
     the file that was indexed, segment the loaded ones together."""
     rows: list[dict | None] = []
-    loaded: list[tuple[int, BatchImage]] = []
+    loaded: list[tuple[int, SegmentCall]] = []
     for item in items:
         try:
             image = load_image(item["uri"], max_pixels=segmenter.settings.max_pixels)
             if image.file_id != item["image_id"]:
                 raise ValueError(f"the file at {item['uri']} changed since it was indexed (its sha256 is now "
                                  f"{image.file_id})")
-            loaded.append((len(rows), BatchImage(image.rgb, item["image_id"])))
+            loaded.append((len(rows), SegmentCall(image.rgb, request.set_name, request.class_list, request.mode,
+                                                  request.shots_only, request.seed, item["image_id"])))
             rows.append(None)
         except Exception as error:  # noqa: BLE001 - one bad image must not stop the others
             rows.append(failed_row(item, error))
-    results = _segment_loaded(segmenter, [image for _, image in loaded], request) if loaded else []
+    results = _segment_loaded(segmenter, [call for _, call in loaded]) if loaded else []
     for (position, _), result in zip(loaded, results):
         item = items[position]
         rows[position] = failed_row(item, result) if isinstance(result, Exception) else ok_row(item, result)
     return rows
 
 
-def _segment_loaded(segmenter: Segmenter, images: list[BatchImage], request: SegmentRequest) -> list:
-    def run(batch):
-        return segment_batch(segmenter, batch, request.set_name, request.class_list, mode=request.mode,
-                             shots_only=request.shots_only, seed=request.seed)
-
-    try:
-        return run(images)
-    except ValueError:  # the request itself no longer holds (the set was removed meanwhile): stop the job
-        raise
-    except Exception as error:  # noqa: BLE001 - e.g. the stack did not fit the GPU: one at a time instead
-        if len(images) == 1:
-            return [error]
-        log.warning("a batch of %d images failed together (%s); segmenting them one at a time", len(images), error)
-        return [result for image in images for result in _segment_loaded(segmenter, [image], request)]
+def _segment_loaded(segmenter: Segmenter, calls: list[SegmentCall]) -> list:
+    """Segmenter.segment_many over one request's images (their heads train together)."""
+    results = segmenter.segment_many(calls)
+    shared = results[0]
+    # segment_many gives every call of the batch the one error that stopped them all together.
+    if isinstance(shared, Exception) and all(result is shared for result in results):
+        if isinstance(shared, ValueError):  # the request itself no longer holds (the set was removed): stop
+            raise shared
+        if len(calls) > 1:  # e.g. the stack did not fit the GPU: one at a time instead
+            log.warning("a batch of %d images failed together (%s); segmenting them one at a time", len(calls),
+                        shared)
+            return [result for call in calls for result in _segment_loaded(segmenter, [call])]
+    return results
 
 
 def ok_row(item: dict, result: SegmentResult) -> dict:

@@ -8,6 +8,7 @@ Region mode takes its regions from the index when the image is indexed in the sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.common import rle as rle_codec
 from maskdex.operators.dense.features import DenseFeatures, fill_unnamed
 from maskdex.operators.registry.presets import mask_generator
-from maskdex.operators.rns.method import RNSSettings, rns_segment
+from maskdex.operators.rns.method import RNSResult, RNSSettings, rns_segment_batch
 from maskdex.operators.rns.memory import SupportMemory
 from maskdex.operators.rns.units import TestUnits, dense_patch_units, dense_region_units
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS, resize_longest_side
@@ -73,6 +74,48 @@ class SegmentResult:
                 "used_fallback": self.used_fallback}
 
 
+@dataclass(frozen=True)
+class SegmentCall:
+    """The arguments of one Segmenter.segment call, for Segmenter.segment_many."""
+
+    image: object
+    set_name: str
+    classes: list[str] | None = None
+    mode: str = "patch"
+    shots_only: bool = False
+    seed: int = 0
+    image_id: str | None = None
+
+    @property
+    def group(self) -> tuple:
+        """Calls with the same group share their support memory and classes, so their heads train together."""
+        return (self.set_name, None if self.classes is None else tuple(self.classes), self.mode, self.shots_only)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    supports: SupportArrays
+    names: tuple[str, ...]
+    named: list[bool] | None  # None when text is not used
+    use_text: bool
+    device: torch.device
+    memory: SupportMemory
+    text: torch.Tensor | None
+    rns: RNSSettings
+
+    def result(self, result: RNSResult, mode: str, regions: str | None, image_id: str) -> SegmentResult:
+        names = self.names
+        labels = result.labels.numpy().astype(np.uint8 if len(names) <= 256 else np.uint16)
+        shares = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
+        visual = tuple(name for name, count in self.supports.images_per_class.items() if count)
+        return SegmentResult(
+            labels=labels, class_names=names, visual_support=visual,
+            text_support=tuple(name for name in names if self.use_text and has_text_name(name)),
+            support_images=self.supports.images_per_class, used_fallback=result.used_fallback,
+            pixel_fractions={name: round(float(share), 6) for name, share in zip(names, shares)},
+            mode=mode, regions=regions, image_id=image_id)
+
+
 def uses_text(supports: SupportArrays, set_name: str, shots_only: bool) -> bool:
     """Whether RNS gets text features for these classes. A ValueError names the classes it could
     never predict: those with no example in the set and no text (shots-only, or an '@' name)."""
@@ -113,37 +156,73 @@ class Segmenter:
         RNS without text. image_id: the index's id (sha256 of the file) of an image given as pixels,
         for region mode to find its stored regions.
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        result = self.segment_many([SegmentCall(image, set_name, classes, mode, shots_only, seed, image_id)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def segment_many(self, calls: Sequence[SegmentCall]) -> list[SegmentResult | Exception]:
+        """segment() for many images; calls that share a support set, classes, mode and shots_only
+        train their per-image heads together (rns_segment_batch), and each result equals that call's
+        segment() result. A call that fails gets its exception in its place; the others go on."""
+        results: list[SegmentResult | Exception | None] = [None] * len(calls)
+        groups: dict[tuple, list[int]] = {}
+        for index, call in enumerate(calls):
+            groups.setdefault(call.group, []).append(index)
+        for indices in groups.values():
+            first = calls[indices[0]]
+            try:
+                problem = self._problem(first.set_name, first.classes, first.shots_only)
+            except Exception as error:  # noqa: BLE001 - the group's callers each get the cause
+                for index in indices:
+                    results[index] = error
+                continue
+            images = []
+            for index in indices:
+                try:
+                    images.append((index, self._image_units(calls[index], problem.device)))
+                except Exception as error:  # noqa: BLE001 - one unreadable image fails only its own call
+                    results[index] = error
+            if not images:
+                continue
+            try:
+                segmented = rns_segment_batch([units for _, (units, _, _) in images], problem.memory, problem.text,
+                                              problem.rns, named=problem.named, n_classes=len(problem.names),
+                                              seeds=[calls[index].seed for index, _ in images])
+            except Exception as error:  # noqa: BLE001
+                for index, _ in images:
+                    results[index] = error
+                continue
+            for (index, (_, regions, image_id)), result in zip(images, segmented):
+                results[index] = problem.result(result, calls[index].mode, regions, image_id)
+        return results
+
+    def _problem(self, set_name: str, classes: list[str] | None, shots_only: bool) -> _Problem:
+        """What every image segmented with this set, classes and shots_only shares."""
         if classes is not None:
             classes = check_class_names(classes, where="classes")
         supports = self._supports(set_name, classes)
         names = supports.classes
         named = [has_text_name(name) for name in names]
         use_text = uses_text(supports, set_name, shots_only)
-        visual = tuple(name for name, count in supports.images_per_class.items() if count)
-        loaded = load_image(image, max_pixels=self.settings.max_pixels)
-        image_id = image_id or loaded.file_id
         # The per-image classifier trains where the model runs: on the GPU when there is one.
         device = self.extractor.device
-        dense = self.extractor.test_features(loaded.rgb)
-        if mode == "region":
-            units, regions = self._region_units(dense, loaded.rgb, image_id)
-        else:
-            units, regions = dense_patch_units(dense, device), None
         memory = SupportMemory(*(torch.from_numpy(array).to(device) for array in
                                  (supports.prototypes, supports.class_ids, supports.image_ids)))
-        result = rns_segment(units, memory, self._text_features(names).to(device) if use_text else None,
-                             self.settings.rns.replace(use_text=use_text), named=named if use_text else None,
-                             n_classes=len(names), seed=seed)
-        labels = result.labels.numpy().astype(np.uint8 if len(names) <= 256 else np.uint16)
-        shares = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
-        return SegmentResult(
-            labels=labels, class_names=names, visual_support=visual,
-            text_support=tuple(name for name, has in zip(names, named) if has and use_text),
-            support_images=supports.images_per_class, used_fallback=result.used_fallback,
-            pixel_fractions={name: round(float(share), 6) for name, share in zip(names, shares)},
-            mode=mode, regions=regions, image_id=image_id)
+        return _Problem(supports, names, named if use_text else None, use_text, device, memory,
+                        self._text_features(names).to(device) if use_text else None,
+                        self.settings.rns.replace(use_text=use_text))
+
+    def _image_units(self, call: SegmentCall, device: torch.device) -> tuple[TestUnits, str | None, str]:
+        if call.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {call.mode!r}")
+        loaded = load_image(call.image, max_pixels=self.settings.max_pixels)
+        image_id = call.image_id or loaded.file_id
+        dense = self.extractor.test_features(loaded.rgb)
+        if call.mode == "region":
+            units, regions = self._region_units(dense, loaded.rgb, image_id)
+            return units, regions, image_id
+        return dense_patch_units(dense, device), None, image_id
 
     def add_example(self, set_name: str, image, label_map, class_names: list[str], *, uri: str | None = None) -> dict:
         """maskdex.pipelines.fewshot.supports.add_example with this segmenter's store and dense CLIP."""

@@ -163,3 +163,24 @@ def test_request_metrics_reach_the_prometheus_endpoint(service, ray_local):
         assert time.monotonic() < deadline, "no maskdex metrics exported"
         time.sleep(2)
     assert 'route="/healthz"' in text
+
+
+def test_concurrent_segmentations_each_equal_their_result_alone(service):
+    for cls in range(4):
+        assert service.add_support("together", *scene_example(seed=20 + cls, must=cls)).status_code == 200
+    images = [png_bytes(scene_example(seed=30 + index, must=index % 4)[0]) for index in range(4)]
+
+    def segment(index: int) -> dict:
+        response = service.post("/segment", files={"image": ("t.png", images[index % 4], "image/png")},
+                                data={"set": "together", "classes": "sky,grass,brick,sand", "seed": str(index)})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    alone = [segment(index) for index in range(6)]
+    with ThreadPoolExecutor(6) as pool:  # 6 requests at once: the segmenter trains their heads together
+        together = list(pool.map(segment, range(6)))
+    for single, batched in zip(alone, together):
+        assert batched["labels_png"] == single["labels_png"] and batched == single
+    bad = service.post("/segment", files={"image": ("t.png", images[0], "image/png")},
+                       data={"set": "together", "mode": "diagonal"})
+    assert bad.status_code == 400 and "mode" in bad.text

@@ -1,13 +1,17 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from maskdex.operators.rns.memory import SupportMemory
+from maskdex.operators.rns.method import RNSSettings, prepare_training
 from maskdex.operators.rns.train import (
     TrainingSet,
     head_probabilities,
     init_heads,
+    reference_train_heads,
     rns_loss,
     row_weights,
     stack_training_sets,
@@ -57,12 +61,68 @@ def test_padding_rows_do_not_change_an_images_loss():
     torch.testing.assert_close(rns_loss(logits, batch), alone[0] + alone[1])
 
 
-def test_heads_start_as_torch_linear_layers_do():
-    weight, bias = init_heads(1, 5, 7, seeds=[3])
+def test_heads_start_as_the_authors_linear_layer_does():
+    # kaiming_uniform_(mode="fan_in", nonlinearity="relu"): U(-sqrt(6 / D), sqrt(6 / D)); the bias starts at zero.
+    weight, bias = init_heads(2, 150, 512, seeds=[3, 4])
+    bound = math.sqrt(6 / 512)
+    assert bound == pytest.approx(0.108, abs=5e-4)
+    assert weight.abs().max() <= bound and weight.abs().amax(dim=(1, 2)).min() > 0.999 * bound
+    assert torch.equal(bias, torch.zeros(2, 150))
+    # Uniform: a quarter of the draws lie beyond half the bound on each side.
+    assert (weight > bound / 2).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    expected = torch.empty(150, 512)
+    nn.init.kaiming_uniform_(expected, mode="fan_in", nonlinearity="relu", generator=torch.Generator().manual_seed(4))
+    assert torch.equal(weight[1], expected)
+    assert not torch.equal(weight[0], weight[1])
+    assert torch.equal(init_heads(1, 150, 512, seeds=[4])[0][0], weight[1])  # alone or in a batch
+
+
+def test_the_torch_linear_setting_keeps_nn_linears_start():
+    weight, bias = init_heads(1, 5, 7, seeds=[3], init="torch-linear")
     torch.manual_seed(3)
     linear = nn.Linear(7, 5)
     torch.testing.assert_close(weight[0], linear.weight.detach())
     torch.testing.assert_close(bias[0], linear.bias.detach())
+    with pytest.raises(ValueError, match="unknown head init 'xavier'"):
+        init_heads(1, 5, 7, seeds=[3], init="xavier")
+
+
+def _adamw_by_hand(weight, bias, rows, targets, weights, steps, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
+    """AdamW on rns_loss written out in float64: dL/dz_i = weights_i / N * (softmax(z_i) - target_i)."""
+    params = np.concatenate([weight, bias[:, None]], axis=1).astype(np.float64)  # (C, D + 1)
+    inputs = np.concatenate([rows, np.ones((len(rows), 1))], axis=1).astype(np.float64)
+    first, second = np.zeros_like(params), np.zeros_like(params)
+    for step in range(1, steps + 1):
+        logits = inputs @ params.T
+        q = np.exp(logits - logits.max(axis=1, keepdims=True))
+        q /= q.sum(axis=1, keepdims=True)
+        grad = ((weights / len(rows))[:, None] * (q - targets)).T @ inputs
+        params *= 1 - lr * weight_decay
+        first = betas[0] * first + (1 - betas[0]) * grad
+        second = betas[1] * second + (1 - betas[1]) * grad**2
+        denominator = np.sqrt(second / (1 - betas[1] ** step)) + eps
+        params -= lr / (1 - betas[0] ** step) * first / denominator
+    return params[:, :-1], params[:, -1]
+
+
+def test_training_from_a_given_head_matches_adamw_by_hand():
+    weights = row_weights(LABELS, FACTORS, RELEVANCE)
+    batch = stack_training_sets([TrainingSet(ROWS, TARGETS, weights)])
+    start = (torch.tensor([[[0.3, -0.2], [0.1, 0.4]]]), torch.tensor([[0.05, -0.1]]))
+    kept = (start[0].clone(), start[1].clone())
+    for steps in (1, 2, 5):
+        weight, bias = train_heads(batch, steps=steps, lr=0.1, weight_decay=0.01, initial=start)
+        expected = _adamw_by_hand(start[0][0].numpy(), start[1][0].numpy(), ROWS.numpy(), TARGETS.numpy(),
+                                  weights.numpy(), steps, lr=0.1, weight_decay=0.01)
+        np.testing.assert_allclose(weight[0].numpy(), expected[0], atol=1e-6)
+        np.testing.assert_allclose(bias[0].numpy(), expected[1], atol=1e-6)
+    # The first step moves every parameter by about lr (Adam's first step is sign-like), less the decay.
+    first = train_heads(batch, steps=1, lr=0.1, weight_decay=0.01, initial=start)
+    moved = (first[0] - start[0] * (1 - 0.1 * 0.01)).abs()
+    torch.testing.assert_close(moved, torch.full_like(moved, 0.1), atol=1e-5, rtol=0)
+    assert torch.equal(start[0], kept[0]) and torch.equal(start[1], kept[1])  # the caller's head is not modified
+    with pytest.raises(ValueError, match="do not fit"):
+        train_heads(batch, steps=1, lr=0.1, weight_decay=0.0, initial=(start[0][0], start[1][0]))
 
 
 def _toy_set(seed: int, rows: int) -> TrainingSet:
@@ -120,3 +180,36 @@ def test_bad_training_inputs_are_clear_errors():
         train_heads(stack_training_sets([_toy_set(0, 5)]), steps=1, lr=0.01, weight_decay=0.0, seeds=[1, 2])
     with pytest.raises(ValueError, match="does not fit"):
         head_probabilities(torch.zeros(3, 8), torch.zeros(3), torch.zeros(4, 7))
+
+
+def _rns_problem(seed: int, n_classes: int = 12, dim: int = 64):
+    """Patch features of six classes, a memory of four prototypes for eight classes, text for all."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=generator) + 1.0, dim=-1)
+
+    def noisy(rows, scale):
+        return torch.nn.functional.normalize(rows + scale * torch.randn(rows.shape, generator=generator) / dim**0.5,
+                                             dim=-1)
+
+    class_ids = torch.arange(8).repeat_interleave(4)
+    memory = SupportMemory(noisy(centres[class_ids], 0.8), class_ids, torch.arange(len(class_ids)))
+    patches = noisy(centres[torch.randint(0, 6, (300,), generator=generator) * 2 % n_classes], 1.2)
+    return patches, memory, noisy(centres, 0.5)
+
+
+def test_fast_training_equals_the_reference_implementation():
+    settings = RNSSettings()  # the paper's 700 steps
+    problems = [_rns_problem(seed) for seed in (0, 1)]
+    trainings = [prepare_training(patches, memory, text, settings) for patches, memory, text in problems]
+    assert all(t.pseudo_classes for t in trainings)  # retrieved, fused and pseudo rows all take part
+    batch = stack_training_sets([t.training_set for t in trainings])
+    assert batch.n_rows[0] != batch.n_rows[1]  # and padding
+    kwargs = dict(steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay, seeds=[3, 4])
+    fast, reference = train_heads(batch, **kwargs), reference_train_heads(batch, **kwargs)
+    for index, (patches, _, _) in enumerate(problems):
+        new = head_probabilities(fast[0][index], fast[1][index], patches)
+        old = head_probabilities(reference[0][index], reference[1][index], patches)
+        torch.testing.assert_close(new, old, atol=1e-6, rtol=0)
+        assert torch.equal(new.argmax(dim=1), old.argmax(dim=1))
+    torch.testing.assert_close(fast[0], reference[0], atol=2e-6, rtol=0)
+    assert (fast[0] - init_heads(2, 12, 64, [3, 4])[0]).abs().max() > 0.1  # it did train

@@ -105,3 +105,25 @@ def test_region_mode_without_an_index_runs_sam2(segmenter, tests):
     result = segmenter.segment(image, "scenes", mode="region")
     assert (result.mode, result.regions) == ("region", "sam2")
     assert result.labels.shape == image.shape[:2]
+
+
+def test_segment_many_trains_a_group_together_and_equals_segment_alone(segmenter, tests):
+    from maskdex.pipelines.fewshot.segmenter import SegmentCall
+
+    calls = [SegmentCall(tests[0][0], "scenes", list(NAMES), seed=0),
+             SegmentCall(tests[1][0], "scenes", list(NAMES), seed=5),
+             SegmentCall(b"not an image", "scenes", list(NAMES)),
+             SegmentCall(tests[2][0], "other", list(NAMES), seed=1),  # another group: zero-shot fallback
+             SegmentCall(tests[3][0], "scenes", list(NAMES), seed=0),
+             SegmentCall(tests[0][0], "no-such-set", list(NAMES))]
+    results = segmenter.segment_many(calls)
+    assert isinstance(results[2], ValueError) and isinstance(results[5], Exception)
+    for index in (0, 1, 3, 4):
+        call, result = calls[index], results[index]
+        alone = segmenter.segment(call.image, call.set_name, call.classes, seed=call.seed)
+        assert np.array_equal(result.labels, alone.labels)
+        assert result.summary() == alone.summary()
+    assert results[3].used_fallback and not results[0].used_fallback
+    # The seed reaches each image's own head: the same image with another seed trains another head.
+    other_seed = segmenter.segment_many([SegmentCall(tests[0][0], "scenes", list(NAMES), seed=s) for s in (0, 7)])
+    assert np.array_equal(other_seed[0].labels, results[0].labels)

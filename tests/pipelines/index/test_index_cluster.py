@@ -18,7 +18,6 @@ from PIL import Image
 from tests.support.corpus import build_corpus
 from tests.support.paths import REPO
 from tests.support.ports import free_port
-from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 MASKDEX = str(Path(sys.executable).parent / "maskdex")
