@@ -70,12 +70,14 @@ def main() -> None:
     from maskdex.jobs.commands.samples import write_samples
     from maskdex.jobs.serve.app import start
     from maskdex.jobs.serve.config import parse_config
+    from maskdex.pipelines.index.job import IndexSettings, run_index
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         photos = write_samples(Path(scratch) / "photos")
         db = str(Path(scratch) / "db")
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        run_index([str(photo) for photo in photos], db, IndexSettings(models="tiny"))  # the service needs an index
         images = [_png(np.asarray(Image.open(photo).convert("RGB").resize((128, 96)))) for photo in photos]
         rng = np.random.default_rng(0)
         scene = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)

@@ -183,4 +183,4 @@ def test_concurrent_segmentations_each_equal_their_result_alone(service):
         assert batched["labels_png"] == single["labels_png"] and batched == single
     bad = service.post("/segment", files={"image": ("t.png", images[0], "image/png")},
                        data={"set": "together", "mode": "diagonal"})
-    assert bad.status_code == 400 and "mode" in bad.text
+    assert bad.status_code == 422 and "mode" in bad.text  # refused before it reaches a batch
