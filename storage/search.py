@@ -113,7 +113,8 @@ def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None,
     if settings.refine_factor:
         builder = builder.refine_factor(settings.refine_factor)
     if settings.ef:
-        builder = builder.ef(settings.ef)
+        # Lance refuses a beam narrower than the candidates it is to return.
+        builder = builder.ef(max(settings.ef, limit * (settings.refine_factor or 1)))
     nprobes = settings.nprobes
     if adaptive:
         # No cap on probes: Lance searches further partitions until it has `limit` rows, so
