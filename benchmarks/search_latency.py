@@ -43,13 +43,13 @@ def _ints(text: str) -> list[int]:
     return [int(value) for value in text.split(",") if value.strip()]
 
 
-def build_table(uri: str, rows: int, dim: int, cluster_size: int) -> float:
+def build_table(uri: str, rows: int, dim: int, cluster_size: int, *, models: str = "benchmark") -> float:
     """The cached table at uri (built when missing); returns the build seconds (0 when cached)."""
     if (Path(uri) / _COMPLETE).exists():
         return 0.0
     shutil.rmtree(uri, ignore_errors=True)
     started = time.perf_counter()
-    store = IndexStore.open(uri, models="benchmark", embed_dim=dim)
+    store = IndexStore.open(uri, models=models, embed_dim=dim)
     embeddings = clustered_embeddings(rows, dim, cluster_size=cluster_size)
     for start in range(0, rows, COMMIT_ROWS):
         store.commit(*index_rows(embeddings[start:start + COMMIT_ROWS], REGIONS_PER_IMAGE,

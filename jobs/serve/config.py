@@ -60,6 +60,8 @@ class MaskdexConfig(BaseModel):
     rns_steps: int = Field(700, ge=1)  # steps of the per-image classifier (design.md section 3)
     limits: Limits = Limits()
     batching: Batching = Batching()
+    # Query embeddings kept per (text, templates), so a repeated query skips the text encoder.
+    text_cache_size: int = Field(4096, ge=0)
 
 
 class ServiceConfig(BaseModel):
