@@ -6,8 +6,9 @@ healthy afterwards."""
 from __future__ import annotations
 
 import pytest
+import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from tests.support.service import TOKEN
@@ -21,21 +22,27 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
           checks.response_schema_conformance, checks.response_headers_conformance]
 
 
-@pytest.fixture(scope="module")
-def api_schema(service):
-    return schemathesis.openapi.from_url(service.url + "/openapi.json")
+def test_every_generated_request_gets_a_declared_answer(service):
+    # Driven by hand rather than by schemathesis.pytest.from_fixture, whose lazy parametrisation
+    # does not work with pytest 9; each operation is still its own Hypothesis run.
+    schema = schemathesis.openapi.from_url(service.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 7
+    session = requests.Session()
+    calls = []
 
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def check(case):
+            # The token lets writes past the auth check, so their bodies' checks are exercised too.
+            response = case.call(session=session, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+            calls.append(response.status_code)
+            case.validate_response(response, checks=CHECKS)
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-def test_every_generated_request_gets_a_declared_answer(case, service):
-    # The token lets writes past the auth check, so their bodies' checks are exercised too.
-    response = case.call(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
-    case.validate_response(response, checks=CHECKS)
+        check()
+    assert len(calls) >= len(operations) and all(status < 500 for status in calls)
 
 
 def test_the_schema_declares_every_route_and_the_service_is_healthy_afterwards(service):
