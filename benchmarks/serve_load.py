@@ -77,6 +77,23 @@ def _http_search(url: str, sessions: threading.local):
     return call
 
 
+def _http_malformed(url: str, sessions: threading.local):
+    """Malformed bodies (what tests/jobs/serve/test_serve_fuzz.py sends, timed here instead): an
+    answer is right when it is a 4xx."""
+    bodies = (b'{"text": ', b'{"text": "", "k": 3}', b'{"text": "cat", "k": 10000}', b"\xff\xfe", b"[]")
+
+    def call(n: int) -> bool:
+        session = getattr(sessions, "session", None) or requests.Session()
+        sessions.session = session
+        try:
+            status = session.post(url + "/search", data=bodies[n % len(bodies)], timeout=60,
+                                  headers={"Content-Type": "application/json"}).status_code
+        except requests.RequestException:
+            return False
+        return 400 <= status < 500
+    return call
+
+
 def _http_mix(url: str, image: bytes, segment_every: int):
     """Mostly searches; every segment_every-th request segments an uploaded image."""
     search = _http_search(url, threading.local())
@@ -180,6 +197,9 @@ def main() -> None:
             http_row, local_row = _median_row(f"HTTP /search, {clients} clients", http), \
                 _median_row(f"in-process TextSearcher.search, {clients} threads", local)
             rows += [(*http_row, http_row[1] / local_row[1]), (*local_row, None)]
+        malformed = [_drive(_http_malformed(url, threading.local()), max(args.clients), args.seconds)
+                     for _ in range(args.repeats)]
+        rows.append((*_median_row(f"HTTP malformed /search bodies, {max(args.clients)} clients", malformed), None))
         if args.segment_clients:
             mix = [_drive(_http_mix(url, image, args.segment_every), args.segment_clients, args.seconds)
                    for _ in range(args.repeats)]
