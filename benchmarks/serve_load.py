@@ -1,11 +1,15 @@
 """Query service load: N concurrent HTTP clients for T seconds against /search (and a smaller mix with
 /segment), against the same search function called in process by as many threads.
 
-    python -m benchmarks.serve_load [--clients 8] [--seconds 5] [--repeats 3] [--segment-clients 2]
+    python -m benchmarks.serve_load [--clients 1,8,32] [--seconds 5] [--repeats 3] [--segment-clients 2]
+        [--synthetic-rows 1000000] [--cache /tmp/maskdex-search-bench]
 
-The service runs on a local Ray with the tiny preset, over a small index of the sample photos, on
-loopback. Each row: median over repeats of requests/s and p50/p95/p99 latency, and total errors
-(non-200 answers or failed connections). Prints a table; never asserts.
+The service runs on a local Ray with the tiny preset, on loopback, over a small index of the sample
+photos, or with --synthetic-rows over that many synthetic regions (clustered, at the tiny preset's
+dimension, with the vector index; built once into --cache and reused). Each row: median over
+repeats of requests/s and p50/p95/p99 latency, total errors (non-200 answers or failed
+connections), and for HTTP /search its rate over the in-process rate at the same concurrency.
+Prints a table; never asserts.
 """
 
 from __future__ import annotations
@@ -73,6 +77,23 @@ def _http_search(url: str, sessions: threading.local):
     return call
 
 
+def _http_malformed(url: str, sessions: threading.local):
+    """Malformed bodies (what tests/jobs/serve/test_serve_fuzz.py sends, timed here instead): an
+    answer is right when it is a 4xx."""
+    bodies = (b'{"text": ', b'{"text": "", "k": 3}', b'{"text": "cat", "k": 10000}', b"\xff\xfe", b"[]")
+
+    def call(n: int) -> bool:
+        session = getattr(sessions, "session", None) or requests.Session()
+        sessions.session = session
+        try:
+            status = session.post(url + "/search", data=bodies[n % len(bodies)], timeout=60,
+                                  headers={"Content-Type": "application/json"}).status_code
+        except requests.RequestException:
+            return False
+        return 400 <= status < 500
+    return call
+
+
 def _http_mix(url: str, image: bytes, segment_every: int):
     """Mostly searches; every segment_every-th request segments an uploaded image."""
     search = _http_search(url, threading.local())
@@ -112,9 +133,22 @@ def _png(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def _synthetic_index(cache: str, rows: int, models: str, dim: int) -> str:
+    """A cached index of `rows` synthetic regions that the tiny preset's searcher accepts."""
+    from benchmarks.search_latency import build_table
+
+    uri = os.path.join(cache, f"serve-r{rows}-d{dim}")
+    build_table(uri, rows, dim, 300, models=models)
+    return uri
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32],
+                        help="comma-separated client counts")
+    parser.add_argument("--synthetic-rows", type=int, default=0,
+                        help="search a synthetic index of this many regions instead of the sample photos")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "maskdex-search-bench"))
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--segment-clients", type=int, default=2)
@@ -137,7 +171,13 @@ def main() -> None:
         db = str(Path(scratch) / "db")
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         run_index([str(p) for p in photos], db, IndexSettings(models="tiny"))
-        config = parse_config({"maskdex": {"db": db, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps}})
+        searched = db
+        if args.synthetic_rows:
+            from maskdex.storage import IndexStore
+
+            built = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+            searched = _synthetic_index(args.cache, args.synthetic_rows, built.models, built.embed_dim)
+        config = parse_config({"maskdex": {"db": searched, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps}})
         url = start(config, host="127.0.0.1", port=_free_port())
         rng = np.random.default_rng(0)
         scene = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -147,25 +187,35 @@ def main() -> None:
                               data={"set": "bench", "classes": "left,right"}, timeout=120)
         added.raise_for_status()
         image = _png(np.asarray(Image.open(photos[0]).convert("RGB").resize((128, 96))))
-        searcher = TextSearcher(db, device="cpu")
-        _drive(_http_search(url, threading.local()), args.clients, 1.0)  # warm up replicas and connections
+        searcher = TextSearcher(searched, device="cpu")
+        _drive(_http_search(url, threading.local()), max(args.clients), 1.0)  # warm up replicas and connections
 
         rows = []
-        kinds = (("HTTP /search", lambda: _http_search(url, threading.local()), args.clients),
-                 (f"HTTP mix (1/{args.segment_every} /segment)", lambda: _http_mix(url, image, args.segment_every),
-                  args.segment_clients),
-                 ("in-process TextSearcher.search", lambda: _in_process(searcher), args.clients))
-        for name, make, clients in kinds:
-            runs = [_drive(make(), clients, args.seconds) for _ in range(args.repeats)]
-            rows.append(_median_row(f"{name}, {clients} clients", runs))
+        for clients in args.clients:
+            http = [_drive(_http_search(url, threading.local()), clients, args.seconds) for _ in range(args.repeats)]
+            local = [_drive(_in_process(searcher), clients, args.seconds) for _ in range(args.repeats)]
+            http_row, local_row = _median_row(f"HTTP /search, {clients} clients", http), \
+                _median_row(f"in-process TextSearcher.search, {clients} threads", local)
+            rows += [(*http_row, http_row[1] / local_row[1]), (*local_row, None)]
+        malformed = [_drive(_http_malformed(url, threading.local()), max(args.clients), args.seconds)
+                     for _ in range(args.repeats)]
+        rows.append((*_median_row(f"HTTP malformed /search bodies, {max(args.clients)} clients", malformed), None))
+        if args.segment_clients:
+            mix = [_drive(_http_mix(url, image, args.segment_every), args.segment_clients, args.seconds)
+                   for _ in range(args.repeats)]
+            rows.append((*_median_row(f"HTTP mix (1/{args.segment_every} /segment), {args.segment_clients} clients",
+                                      mix), None))
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\ntiny preset, {len(photos)} images, {args.seconds:g} s per run, median of {args.repeats} runs, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'workload':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
-    for name, rps, p50, p95, p99, errors in rows:
-        print(f"{name:52s} {rps:8.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f} {errors:7d}")
+    what = f"{args.synthetic_rows} synthetic regions" if args.synthetic_rows else f"{len(photos)} images"
+    print(f"\ntiny preset, {what}, {args.seconds:g} s per run, median of {args.repeats} runs, "
+          f"{os.cpu_count()} CPU cores (shared)")
+    print(f"{'workload':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
+          f"{'/in-process':>11s}")
+    for name, rps, p50, p95, p99, errors, ratio in rows:
+        print(f"{name:52s} {rps:8.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f} {errors:7d} "
+              f"{'' if ratio is None else f'{ratio:.2f}':>11s}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ class IndexStore:
         self.read_only = read_only
         self._images = images
         self._regions = regions
+        # Per regions-table version: the vector index's search settings (None: no index).
+        self._search_state: tuple[int, vector_index.SearchSettings | None] | None = None
+        self._uris = region_search.UriCache()
 
     @classmethod
     def open(cls, uri: str, *, models: str | None, embed_dim: int | None, create: bool = True,
@@ -46,7 +49,7 @@ class IndexStore:
         both); None accepts whatever it was built with. Creating requires both. read_only never
         creates, never deletes, and refuses writes.
         """
-        db = tables.connect(uri)
+        db = tables.connect(uri, reader=read_only)
         opened = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
         recorded = _recorded_build(uri, opened)
         if recorded is not None:
@@ -189,10 +192,9 @@ class IndexStore:
         where = region_search.where_clause(filters)
         if filters and filters.get("image_ids") is not None and not list(filters["image_ids"]):
             return []
-        index = None if exact else vector_index.find_vector_index(self._regions)
-        nprobes = None if index is None else self._vector_params(index).nprobes()
+        settings = None if exact else self._search_settings()
         return region_search.search_images(self._regions, self._images, query, k=k, oversample=oversample,
-                                           where=where, nprobes=nprobes)
+                                           where=where, settings=settings, uris=self._uris)
 
     def image(self, image_id: str) -> dict | None:
         rows_ = self._where(self._images, f"image_id = {sql_string(image_id)}").to_pylist()
@@ -246,14 +248,25 @@ class IndexStore:
         if missing:
             self._images.add_columns(missing)
 
-    def _vector_params(self, index=None) -> vector_index.IvfPqParams:
+    def _search_settings(self) -> vector_index.SearchSettings | None:
+        # Listing the indexes and reading the recorded parameters are two round trips; the table
+        # version is one, and they change only with it.
+        version = self._regions.version
+        state = self._search_state
+        if state is None or state[0] != version:
+            index = vector_index.find_vector_index(self._regions)
+            state = (version, None if index is None else self._vector_params(index).search_settings())
+            self._search_state = state
+        return state[1]
+
+    def _vector_params(self, index=None) -> vector_index.VectorIndexParams:
         # An index built by hand (or before its record was written) gets the parameters that
         # build_index would have chosen for the rows it covers.
-        recorded = vector_index.IvfPqParams.recorded(self._regions)
+        recorded = vector_index.VectorIndexParams.recorded(self._regions)
         if recorded is not None:
             return recorded
         index = index or vector_index.find_vector_index(self._regions)
-        return vector_index.IvfPqParams.for_table(index.num_indexed_rows or 0, self.embed_dim)
+        return vector_index.VectorIndexParams.for_table(index.num_indexed_rows or 0, self.embed_dim)
 
     def _drop_orphan_regions(self) -> int:
         # Cheap test first: every committed image accounts for exactly n_regions rows.

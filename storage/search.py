@@ -6,13 +6,14 @@ score), keep the top k images. Scores are cosine similarities: higher is better.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
 
 from maskdex.storage import vector_index
-from maskdex.storage.tables import sql_string, sql_strings  # noqa: F401 (sql_string: callers import it here)
+from maskdex.storage.tables import sql_strings
 
 FILTER_KEYS = ("min_area", "max_area", "image_ids")
 _REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]
@@ -37,22 +38,53 @@ def where_clause(filters: dict | None) -> str | None:
     return " AND ".join(clauses) or None
 
 
+class UriCache:
+    """image_id -> uri of committed images, the most recently used first out of a bounded map.
+
+    Safe to keep across commits: an image's row is never rewritten (a re-run skips stored images)
+    and only failed images, which have no regions, are ever deleted. A hit saves the images-table
+    lookup, the second query of a search; a miss (an image not committed) is never cached.
+    """
+
+    def __init__(self, size: int = 100_000):
+        self.size = size
+        self._uris: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, images, image_ids: list[str]) -> dict[str, str]:
+        with self._lock:
+            found = {image_id: self._uris[image_id] for image_id in image_ids if image_id in self._uris}
+            for image_id in found:
+                self._uris.move_to_end(image_id)
+        missing = [image_id for image_id in image_ids if image_id not in found]
+        if missing:
+            fetched = _uris(images, missing)
+            with self._lock:
+                self._uris.update(fetched)
+                while len(self._uris) > self.size:
+                    self._uris.popitem(last=False)
+            found.update(fetched)
+        return found
+
+
 def search_images(regions, images, query: np.ndarray, *, k: int, oversample: int, where: str | None,
-                  nprobes: int | None) -> list[dict]:
-    """Top k images for a unit query vector. nprobes=None searches exactly (no vector index)."""
+                  settings: vector_index.SearchSettings | None, uris: UriCache | None = None) -> list[dict]:
+    """Top k images for a unit query vector. settings=None searches exactly (no vector index)."""
+    uris = uris or UriCache(0)
     limit = k * oversample
     while True:
         # Probe adaptively when a filter or a widened limit may need rows beyond nprobes partitions.
         adaptive = where is not None or limit > k * oversample
-        hits = _nearest_regions(regions, query, limit, where, nprobes, adaptive)
+        hits = _nearest_regions(regions, query, limit, where, settings, adaptive)
         best = list(_best_region_per_image(hits).items())
         results = []
         # Look the uris up k images at a time: a region whose image has no images row (left by a
         # crashed commit) is skipped, and those are rare, so one lookup nearly always does.
         for start in range(0, len(best), k):
             candidates = best[start:start + k]
-            uris = _uris(images, [image_id for image_id, _ in candidates])
-            results += [_result(image_id, uris[image_id], hit) for image_id, hit in candidates if image_id in uris]
+            uris_of = uris.lookup(images, [image_id for image_id, _ in candidates])
+            results += [_result(image_id, uris_of[image_id], hit) for image_id, hit in candidates
+                        if image_id in uris_of]
             if len(results) >= k:
                 return results[:k]
         if hits.num_rows < limit:
@@ -60,15 +92,20 @@ def search_images(regions, images, query: np.ndarray, *, k: int, oversample: int
         limit *= _WIDEN
 
 
-def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None, nprobes: int | None,
-                     adaptive: bool) -> pa.Table:
+def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None,
+                     settings: vector_index.SearchSettings | None, adaptive: bool) -> pa.Table:
     builder = (regions.search(query, vector_column_name=vector_index.VECTOR_COLUMN)
                .distance_type(vector_index.METRIC).select(_REGION_COLUMNS).limit(limit))
     if where:
         builder = builder.where(where, prefilter=True)
-    if nprobes is None:
+    if settings is None:
         return builder.bypass_vector_index().to_arrow()
-    builder = builder.refine_factor(vector_index.REFINE_FACTOR)
+    if settings.refine_factor:
+        builder = builder.refine_factor(settings.refine_factor)
+    if settings.ef:
+        # Lance refuses a beam narrower than the candidates it is to return.
+        builder = builder.ef(max(settings.ef, limit * (settings.refine_factor or 1)))
+    nprobes = settings.nprobes
     if adaptive:
         # No cap on probes: Lance searches further partitions until it has `limit` rows, so
         # fewer rows means there are no more. Not the default: with refine_factor set, Lance
@@ -78,11 +115,14 @@ def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None, 
 
 
 def _best_region_per_image(hits: pa.Table) -> dict[str, dict]:
-    """image_id -> its best hit, in best-first order (hits come sorted by distance)."""
-    best: dict[str, dict] = {}
-    for hit in hits.to_pylist():
-        best.setdefault(hit["image_id"], hit)
-    return best
+    """image_id -> its best hit, in best-first order (hits come sorted by distance). Only each
+    image's first row is converted to Python: the rest are never looked at."""
+    image_ids = hits["image_id"].to_pylist()
+    first: dict[str, int] = {}
+    for row, image_id in enumerate(image_ids):
+        first.setdefault(image_id, row)
+    picked = hits.take(list(first.values())).to_pylist()
+    return dict(zip(first, picked))
 
 
 def _uris(images, image_ids: list[str]) -> dict[str, str]:

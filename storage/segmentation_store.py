@@ -23,7 +23,7 @@ import pyarrow as pa
 from lancedb.index import BTree
 
 from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
-from maskdex.storage.search import sql_string, sql_strings
+from maskdex.storage.tables import sql_string, sql_strings
 
 _READ_CONSISTENCY = timedelta(0)  # a service reading results must see a job's commits at once
 _ID_CHUNK = 1000

@@ -27,8 +27,13 @@ class ModelMismatchError(ValueError):
     """The database was built by another model (or with another embedding dimension)."""
 
 
-def connect(uri: str):
-    return lancedb.connect(uri, read_consistency_interval=READ_CONSISTENCY)
+# A reader (a search service) checks at most this often, which spares each query the version round
+# trips and still shows a new commit within a second.
+READER_CONSISTENCY = timedelta(milliseconds=500)
+
+
+def connect(uri: str, *, reader: bool = False):
+    return lancedb.connect(uri, read_consistency_interval=READER_CONSISTENCY if reader else READ_CONSISTENCY)
 
 
 def build_record(uri: str, name: str, table) -> tuple[str, int]:

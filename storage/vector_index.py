@@ -5,7 +5,8 @@ inner product the search promises; Lance trains IVF partitions on "dot" worse th
 (recall@10 0.93 against 0.96 at the same probes on clustered unit vectors). IVF_PQ rather than
 IVF_HNSW_SQ because it trains in minutes on a few cores at millions of rows (HNSW took 2.5x as
 long at 100k); its coarse PQ distances are made exact again by re-scoring the candidates on the
-stored vectors (refine_factor).
+stored vectors (refine_factor). benchmarks/search_latency.py compares the two (and the search
+settings below) at 100k and 1M regions; the README has its table.
 
 The parameters an index was trained with are recorded in the metadata of the regions.embedding
 field, because Lance does not report them and search needs the partition count to choose nprobes.
@@ -17,63 +18,108 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-from lancedb.index import BTree, IvfPq
+from lancedb.index import BTree, IvfHnswSq, IvfPq
 
 from maskdex.storage.schemas import IMAGES, REGIONS
 
 METRIC = "cosine"
 VECTOR_COLUMN = "embedding"
+INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
+INDEX_TYPE = "IVF_PQ"
 _PARAMS_KEY = b"maskdex.ivf_pq"
 
-# Below this a flat scan costs a few milliseconds and is exact; an index would only lose recall.
-MIN_ROWS = 50_000
+# Below this a flat scan is cheap and exact. Above it, the rows an index does not cover yet (added
+# since its last build or optimize) are scanned flat beside it, at 3 to 6 us per 768-d row on one
+# shared core (benchmarks/search_latency.py prints it): the indexer keeps them under
+# MAX_UNINDEXED_ROWS, about 15 to 30 ms, so they never make a query slower than twice an indexed one.
+MIN_ROWS = 10_000
+MAX_UNINDEXED_ROWS = 5_000
 # 8-bit PQ learns 256 centroids per sub-vector and needs at least that many training vectors.
 MIN_TRAINING_ROWS = 256
 # Retrain (rather than optimize) once the table has outgrown the rows the partitions were
 # trained on by this factor: optimize() only files new rows into the old partitions.
 RETRAIN_GROWTH = 2.0
 
-# Search settings. IVF probes a fixed fraction of the partitions (there are sqrt(rows) of them,
-# of about sqrt(rows) vectors each), never fewer than MIN_NPROBES; PQ distances then pick
-# REFINE_FACTOR x limit candidates, which are re-scored exactly.
-NPROBES_FRACTION = 0.1
-MIN_NPROBES = 20
-REFINE_FACTOR = 5
+# Search settings, from benchmarks/search_latency.py at 1M x 768 (1000 partitions, README table):
+# 20 probes already reach recall@10 0.994 and 100 probes cost 2.4x the latency for 1.000; re-scoring
+# 2 x limit PQ candidates on the stored vectors is as exact as 5 x and half the reads. Recall
+# depends on how many partitions the query's neighbours spread over, not on the table size, so the
+# probes are a small fraction of the sqrt(rows) partitions with a floor that holds recall at 100k
+# (316 partitions, the test's table).
+NPROBES_FRACTION = 0.02
+MIN_NPROBES = 32
+REFINE_FACTOR = 2
+# IVF_HNSW_SQ: few large partitions, each a graph searched with this beam width.
+HNSW_PARTITION_ROWS = 100_000
+HNSW_EF = 100
 
 # Scalar indexes: image_id for dedup lookups, recovery and filters; area for the area filters.
 SCALAR_COLUMNS = {IMAGES: ("image_id",), REGIONS: ("image_id", "area")}
 
 
 @dataclass(frozen=True)
-class IvfPqParams:
+class VectorIndexParams:
     num_partitions: int
     num_sub_vectors: int
     trained_rows: int
+    index_type: str = INDEX_TYPE
 
     @classmethod
-    def for_table(cls, rows: int, dim: int) -> IvfPqParams:
-        # sqrt(rows) partitions balances the centroid scan against the partition scan; Lance
-        # trains at most rows / 256 of them (and warns), so ask for no more.
-        partitions = max(1, min(round(math.sqrt(rows)), rows // MIN_TRAINING_ROWS))
-        return cls(num_partitions=partitions, num_sub_vectors=sub_vectors(dim), trained_rows=rows)
+    def for_table(cls, rows: int, dim: int, index_type: str = INDEX_TYPE) -> VectorIndexParams:
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown vector index type {index_type!r}; known: {list(INDEX_TYPES)}")
+        if index_type == "IVF_HNSW_SQ":
+            partitions = max(1, round(rows / HNSW_PARTITION_ROWS))
+        else:
+            # sqrt(rows) partitions balances the centroid scan against the partition scan; Lance
+            # trains at most rows / 256 of them (and warns), so ask for no more.
+            partitions = max(1, min(round(math.sqrt(rows)), rows // MIN_TRAINING_ROWS))
+        return cls(num_partitions=partitions, num_sub_vectors=sub_vectors(dim), trained_rows=rows,
+                   index_type=index_type)
 
     @classmethod
-    def recorded(cls, table) -> IvfPqParams | None:
-        metadata = table.schema.field(VECTOR_COLUMN).metadata or {}
+    def recorded(cls, table) -> VectorIndexParams | None:
+        return cls.from_schema(table.schema)
+
+    @classmethod
+    def from_schema(cls, schema) -> VectorIndexParams | None:
+        metadata = schema.field(VECTOR_COLUMN).metadata or {}
         return cls(**json.loads(metadata[_PARAMS_KEY])) if _PARAMS_KEY in metadata else None
 
     def record(self, table) -> None:
         table.update_field_metadata({"path": VECTOR_COLUMN, "metadata": {_PARAMS_KEY.decode(): json.dumps(asdict(self))}})
 
-    def config(self) -> IvfPq:
+    def config(self):
+        if self.index_type == "IVF_HNSW_SQ":
+            return IvfHnswSq(distance_type=METRIC, num_partitions=self.num_partitions)
         return IvfPq(distance_type=METRIC, num_partitions=self.num_partitions, num_sub_vectors=self.num_sub_vectors)
 
     def nprobes(self) -> int:
-        return max(MIN_NPROBES, math.ceil(NPROBES_FRACTION * self.num_partitions))
+        if self.index_type == "IVF_HNSW_SQ":
+            return self.num_partitions
+        return min(self.num_partitions, max(MIN_NPROBES, math.ceil(NPROBES_FRACTION * self.num_partitions)))
+
+    def search_settings(self) -> SearchSettings:
+        ef = HNSW_EF if self.index_type == "IVF_HNSW_SQ" else None
+        return SearchSettings(nprobes=self.nprobes(), refine_factor=REFINE_FACTOR, ef=ef)
 
     def describe(self) -> dict:
-        return {"index_type": "IVF_PQ", "metric": METRIC, **asdict(self), "nprobes": self.nprobes(),
-                "refine_factor": REFINE_FACTOR}
+        return {"index_type": self.index_type, "metric": METRIC, **asdict(self),
+                **asdict(self.search_settings())}
+
+
+# The name this class had while IVF_PQ was the only kind.
+IvfPqParams = VectorIndexParams
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a query uses the vector index: partitions probed, the candidates re-scored exactly
+    (refine_factor x limit; None: none), and the HNSW beam width (None: Lance's default)."""
+
+    nprobes: int
+    refine_factor: int | None = REFINE_FACTOR
+    ef: int | None = None
 
 
 def sub_vectors(dim: int) -> int:
@@ -90,11 +136,12 @@ def find_vector_index(table):
     return next((index for index in table.list_indices() if index.columns == [VECTOR_COLUMN]), None)
 
 
-def build_vector_index(table, dim: int) -> IvfPqParams:
+def build_vector_index(table, dim: int, *, index_type: str = INDEX_TYPE,
+                       params: VectorIndexParams | None = None) -> VectorIndexParams:
     rows = table.count_rows()
     if rows < MIN_TRAINING_ROWS:
         raise ValueError(f"a vector index needs at least {MIN_TRAINING_ROWS} regions to train; there are {rows}")
-    params = IvfPqParams.for_table(rows, dim)
+    params = params or VectorIndexParams.for_table(rows, dim, index_type)
     table.create_index(VECTOR_COLUMN, config=params.config(), replace=True)
     params.record(table)
     return params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -23,9 +24,11 @@ def test_every_package_folder_is_installed_under_maskdex():
 
 @pytest.mark.slow
 def test_a_wheel_install_has_one_top_level_package(tmp_path):
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "source"
+    # Built from a copy: setuptools leaves a build/ folder beside the sources it builds.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--target", str(target), str(REPO)], check=True, cwd=tmp_path, timeout=600)
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path, timeout=600)
     top = {path.name for path in target.iterdir()
            if not path.name.endswith((".dist-info", ".egg-info")) and path.name != "bin"}
     assert top == {"maskdex"}

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from maskdex.jobs.serve import openapi
 from maskdex.jobs.serve.config import MaskdexConfig
 from maskdex.jobs.serve.inputs import (
     BadInput,
@@ -40,7 +41,7 @@ STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css
 # Form fields are short (a set name, a class list); anything longer is not a real client.
 _MAX_FORM_FIELD = 64 * 1024
 
-app = FastAPI(title="maskdex", docs_url=None, redoc_url=None, openapi_url=None)
+app = FastAPI(title="maskdex", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -154,17 +155,18 @@ class Api:
     async def healthz(self) -> dict:
         return {"status": "ok", "db": self.config.db, "preset": self.config.preset}
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def page(self) -> FileResponse:
         return self._static("index.html")
 
-    @app.get("/static/{name}")
+    @app.get("/static/{name}", include_in_schema=False)
     async def static(self, name: str) -> FileResponse:
         return self._static(name)
 
     # Search and images
 
-    @app.post("/search")
+    @app.post("/search", response_model=list[openapi.SearchHit], responses=openapi.errors(400, 413, 422),
+              openapi_extra=openapi.SEARCH_BODY)
     async def search(self, request: Request) -> list[dict]:
         query = parse_json(await self._body(request), SearchRequest)
         check_search(query, self.limits)
@@ -176,14 +178,15 @@ class Api:
         return await _model_call(self.encoder.search.remote(query.text, query.k, query.oversample, query.templates,
                                                             filters))
 
-    @app.get("/images/{image_id}")
+    @app.get("/images/{image_id}", response_class=Response,
+             responses={**openapi.image_answer(), **openapi.errors(400, 404, 422)})
     async def image(self, image_id: str) -> Response:
         row = await asyncio.to_thread(self._indexed, image_id)
         data = await asyncio.to_thread(_read_indexed, row)
         media_type = mimetypes.guess_type(row["uri"])[0] or "application/octet-stream"
         return Response(data, media_type=media_type)
 
-    @app.get("/images/{image_id}/regions")
+    @app.get("/images/{image_id}/regions", responses=openapi.errors(400, 404, 422))
     async def regions(self, image_id: str) -> dict:
         row = await asyncio.to_thread(self._indexed, image_id)
         stored = await asyncio.to_thread(self._index_store().regions_of, image_id)
@@ -200,7 +203,7 @@ class Api:
 
     # Segmentation and support sets
 
-    @app.post("/segment")
+    @app.post("/segment", responses=openapi.errors(400, 404, 413, 422), openapi_extra=openapi.segment_body())
     async def segment(self, request: Request) -> dict:
         if _is_multipart(request):
             form = await self._form(request)
@@ -222,7 +225,7 @@ class Api:
         return await _model_call(self.segmenter.segment.remote(image, params.set_name, params.classes, params.mode,
                                                                params.shots_only, params.seed, params.image_id))
 
-    @app.post("/supports")
+    @app.post("/supports", responses=openapi.errors(400, 401, 413, 415, 422), openapi_extra=openapi.supports_body())
     async def add_support(self, request: Request) -> dict:
         self._authorise(request)
         if not _is_multipart(request):

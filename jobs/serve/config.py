@@ -114,6 +114,8 @@ class MaskdexConfig(BaseModel):
     rerank: RerankConfig | None = None  # None: the service answers searches with the first stage only
     # Segmentations take seconds; waiting 20 ms for company costs little.
     segment_batching: Batching = Batching(max_batch_size=8, batch_wait_timeout_s=0.02)
+    # Query embeddings kept per (text, templates), so a repeated query skips the text encoder.
+    text_cache_size: int = Field(4096, ge=0)
 
 
 class ServiceConfig(BaseModel):

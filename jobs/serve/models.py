@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import threading
+from collections import OrderedDict
 
 import numpy as np
 from ray import serve
@@ -28,13 +29,29 @@ class TextEncoder:
         self.searcher = TextSearcher(settings.db, weights=settings.weights, device=settings.device)
         self._embed.set_max_batch_size(settings.batching.max_batch_size)
         self._embed.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
+        # Least recently used out first; a replica's event loop is its only user, so no lock.
+        self._cache: OrderedDict[tuple[str, bool], np.ndarray] = OrderedDict()
+        self._cache_size = settings.text_cache_size
 
     async def search(self, text: str, k: int, oversample: int, templates: bool, filters: dict | None) -> list[dict]:
         from maskdex.pipelines.search import check_query_text
 
         check_query_text(text)
-        query = await self._embed((text, templates))
+        query = await self._query_vector(text, templates)
         return await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
+
+    async def _query_vector(self, text: str, templates: bool) -> np.ndarray:
+        key = (text, templates)
+        query = self._cache.get(key)
+        if query is not None:
+            self._cache.move_to_end(key)
+            return query
+        query = await self._embed(key)
+        if self._cache_size:
+            self._cache[key] = query
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return query
 
     async def search_with_query(self, text: str, k: int, oversample: int, templates: bool,
                                 filters: dict | None) -> tuple[list[dict], np.ndarray]:
@@ -42,7 +59,7 @@ class TextEncoder:
         from maskdex.pipelines.search import check_query_text
 
         check_query_text(text)
-        query = await self._embed((text, templates))
+        query = await self._query_vector(text, templates)
         results = await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
         return results, query
 

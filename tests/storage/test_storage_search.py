@@ -137,3 +137,22 @@ def test_maybe_build_index_retrains_once_the_table_has_doubled(store):
     report = store.maybe_build_index()
     assert report["vector_index"] == "built" and report["trained_rows"] == 4500
     assert store.stats()["vector_index"]["trained_rows"] == 4500
+
+
+def test_a_reader_sees_new_commits_and_new_indexes_within_a_second(store, tmp_path):
+    """A read-only store keeps the image uris and the index settings between queries; a commit and
+    an index built by another store still show in its results within its consistency interval."""
+    import time
+
+    reader = IndexStore.open(store.uri, models=None, embed_dim=None, read_only=True)
+    query = unit(np.arange(1, DIM + 1, dtype=np.float32))
+    first = reader.search(query, k=5)
+    assert reader.search(query, k=5) == first  # the second answer comes from the caches, unchanged
+    planted = at_cosine(query, 0.999, seed=5)
+    store.commit([image_row(9000, planted)], [region_row(image_id(9000), 0, planted)])
+    store.build_index(force=True)
+    time.sleep(1.0)
+    found = reader.search(query, k=5)
+    assert found[0]["image_id"] == image_id(9000) and found[0]["uri"] == "file:///synthetic/00009000.jpg"
+    assert reader._search_settings() is not None  # the new vector index is used
+    assert len({r["image_id"] for r in found} & set(exact_image_ranking(reader, query, 5))) >= 4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -74,7 +73,6 @@ def _fuzz_request(rng: random.Random, url: str) -> tuple[str, str, dict]:
 def test_malformed_requests_never_get_a_5xx(service):
     rng = random.Random(1234)
     plans = [_fuzz_request(rng, service.url) for _ in range(REQUESTS)]
-    started = time.monotonic()
 
     def send(plan):
         method, url, kwargs = plan
@@ -89,5 +87,4 @@ def test_malformed_requests_never_get_a_5xx(service):
     failures = [answer for answer in answers if answer[1] is None or answer[1] >= 500]
     assert not failures, failures[:5]
     assert all(400 <= status < 500 for _, status, _ in answers if status not in (200,)), answers
-    assert time.monotonic() - started < 240
     assert service.get("/healthz").json()["status"] == "ok"

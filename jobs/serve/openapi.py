@@ -1,0 +1,99 @@
+"""What the service's OpenAPI schema (GET /openapi.json) says about each route: the request bodies the
+routes parse themselves (JSON or multipart, so FastAPI cannot infer them), the answers, and the JSON
+errors. Clients and API testers (tests/jobs/serve/test_serve_schema.py runs Schemathesis) read it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from maskdex.jobs.serve.inputs import SearchRequest, SegmentRequest
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+
+
+class Rle(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    size: list[int]
+    counts: str
+
+
+class SearchRegion(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    region_id: str
+    bbox: list[int]
+    rle: Rle
+    score: float
+
+
+class SearchHit(BaseModel):
+    """One image of a search answer; stages after the first may add fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image_id: str
+    uri: str
+    score: float
+    region: SearchRegion
+
+
+_MESSAGES = {400: "the request is malformed or names something invalid", 401: "a bearer token is needed",
+             404: "no such image, set or page", 413: "the request is over the upload limit",
+             415: "the body has the wrong content type", 422: "a field has the wrong type or value"}
+
+
+def errors(*statuses: int) -> dict:
+    """OpenAPI responses for the JSON errors a route can answer with (422 replaces FastAPI's own shape)."""
+    return {status: {"model": ErrorAnswer, "description": _MESSAGES[status]} for status in statuses}
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(model)}}}}
+
+
+def segment_body() -> dict:
+    form = {"type": "object", "required": ["image", "set"], "properties": {
+        "image": {"type": "string", "format": "binary"}, "set": {"type": "string"},
+        "classes": {"type": "string", "description": "comma-separated class names"},
+        "mode": {"type": "string", "enum": ["patch", "region"]},
+        "shots_only": {"type": "string", "enum": ["true", "false"]},
+        "seed": {"type": "string", "pattern": "^[0-9]{1,9}$"}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(SegmentRequest)},
+                                                           "multipart/form-data": {"schema": form}}}}
+
+
+def supports_body() -> dict:
+    form = {"type": "object", "required": ["image", "labels", "set", "classes"], "properties": {
+        "image": {"type": "string", "format": "binary"}, "labels": {"type": "string", "format": "binary"},
+        "set": {"type": "string"}, "classes": {"type": "string", "description": "comma-separated, in label-id order"}}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
+
+
+def image_answer() -> dict:
+    return {200: {"description": "the indexed image's bytes",
+                  "content": {"image/*": {"schema": {"type": "string", "format": "binary"}},
+                              "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def _inline(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs resolved in place (openapi_extra is copied verbatim,
+    so references to the model's own definitions would dangle)."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
+
+
+SEARCH_BODY = json_body(SearchRequest)
