@@ -121,7 +121,7 @@ def _best_region_per_image(hits: pa.Table) -> dict[str, dict]:
     first: dict[str, int] = {}
     for row, image_id in enumerate(image_ids):
         first.setdefault(image_id, row)
-    picked = hits.take(list(first.values())).to_pylist()
+    picked = hits.take(pa.array(list(first.values()), type=pa.int64())).to_pylist()
     return dict(zip(first, picked))
 
 

@@ -1,6 +1,8 @@
 """IndexWriter on a real LanceDB directory: commits sized by rows and time, compaction during a run,
 search while it runs; the digest sets and the migration of an older images table."""
 
+import time
+
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -31,8 +33,11 @@ def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_image
         image, regions = image_with_regions(number, n_regions=3)
         assert writer.add(image, regions)
         if number == 39:  # mid-run: 20 commits so far, the last compaction after the 20th
-            hits = reader.search(regions[0]["embedding"], k=5)
-            found_during_run = {hit["image_id"] for hit in hits}
+            # A read-only store looks for new commits every half second (storage/tables.py).
+            deadline = time.monotonic() + 2.0
+            while image["image_id"] not in found_during_run and time.monotonic() < deadline:
+                found_during_run = {hit["image_id"] for hit in reader.search(regions[0]["embedding"], k=5)}
+                time.sleep(0.05)
             assert image["image_id"] in found_during_run, "a committed image is searchable during the run"
     writer.close()
     assert (writer.commits, writer.compactions, writer.committed_images) == (30, 6, 60)
