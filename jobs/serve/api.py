@@ -193,7 +193,8 @@ class Api:
         regions = [{key: value for key, value in region.items() if key != "embedding"} for region in stored]
         return {"image_id": image_id, "width": row["width"], "height": row["height"], "regions": regions}
 
-    @app.get("/images/{image_id}/segmentation")
+    @app.get("/images/{image_id}/segmentation", responses=openapi.errors(400, 404, 422),
+             openapi_extra=openapi.segmentation_query())
     async def segmentation(self, image_id: str, request: Request) -> dict:
         """The image's stored corpus segmentation (maskdex segment-index); see jobs/serve/segmentations.py."""
         from maskdex.jobs.serve.segmentations import parse_params, stored_segmentation

@@ -72,6 +72,20 @@ def supports_body() -> dict:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
 
 
+def segmentation_query() -> dict:
+    """The stored-segmentation route reads its query string itself (unknown names are a 400), so its
+    parameters are declared here."""
+    def param(name: str, schema: dict, description: str, required: bool = False) -> dict:
+        return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+    return {"parameters": [
+        param("set", {"type": "string", "minLength": 1}, "the support set the images were segmented with", True),
+        param("classes", {"type": "string"}, "comma-separated or a JSON list, in label-id order"),
+        param("mode", {"type": "string", "enum": ["patch", "region"]}, "the segmentation mode"),
+        param("seed", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "the run's seed"),
+        param("shots_only", {"type": "string", "enum": ["true", "false"]}, "runs without text support only")]}
+
+
 def image_answer() -> dict:
     return {200: {"description": "the indexed image's bytes",
                   "content": {"image/*": {"schema": {"type": "string", "format": "binary"}},

@@ -48,7 +48,7 @@ def test_every_generated_request_gets_a_declared_answer(service):
 def test_the_schema_declares_every_route_and_the_service_is_healthy_afterwards(service):
     paths = service.get("/openapi.json").json()["paths"]
     assert {"/search", "/segment", "/supports", "/images/{image_id}", "/images/{image_id}/regions",
-            "/healthz"} <= set(paths)
+            "/images/{image_id}/segmentation", "/healthz"} <= set(paths)
     assert service.get("/healthz").json()["status"] == "ok"
     found = service.post("/search", json={"text": "a cat", "k": 2})
     assert found.status_code == 200 and len(found.json()) == 2
