@@ -1,8 +1,8 @@
 """Retrieve and Segment (RNS): a linear classifier trained per test image on retrieved supports and text.
 
 The steps follow design.md section 3 ("RNS"), each a function of tensors:
-1. relevance_weights, 2. zero_shot_labels, 3. retrieval (rns_memory.retrieve), 4. fused_features,
-5. pseudo_features, 6. the weighted loss and training (rns_train), 7. prediction (rns_segment).
+1. relevance_weights, 2. zero_shot_labels, 3. retrieval (memory.retrieve), 4. fused_features,
+5. pseudo_features, 6. the weighted loss and training (train.py), 7. prediction (rns_segment).
 prepare_training gathers steps 1-5 for one image; rns_segment runs them all; rns_segment_batch runs
 them for many images against one memory, training their heads together in one call of train_heads.
 """

@@ -2,7 +2,7 @@
 
 The images are those the index holds (all, or the top k of a text search). Actors (on GPUs where
 the cluster has them) hold a Segmenter each and segment a batch of images at a time, training the
-batch's heads together (pipelines/fewshot/batched.py). Results stream back to this driver, the one
+batch's heads together (Segmenter.segment_many). Results stream back to this driver, the one
 writer, which commits them in batches: a killed job loses only the uncommitted batch, and a re-run
 of the same key (set, classes, mode, shots-only, seed, models) skips every image already stored.
 An image that fails (file gone, changed since it was indexed, unreadable) gets a 'failed' row with

@@ -1,6 +1,6 @@
 """Segmenting many images with a support set, on Ray Data: a pool of Segmenter actors that write the outputs.
 
-Each actor writes its images' files (segment_outputs) straight into out_dir, so on a cluster out_dir
+Each actor writes its images' files (fewshot/outputs.py) straight into out_dir, so on a cluster out_dir
 must be a folder every node can write (a shared file system). The driver only gathers the summaries.
 An image that fails (unreadable, not an image) gets a summary with its error; the others go on.
 """

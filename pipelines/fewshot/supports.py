@@ -111,7 +111,7 @@ def add_example(store: SupportStore, set_name: str, image, label_map, class_name
 
 def ingest_folder(images_dir: str, labels_dir: str, classes_file: str, db: str, set_name: str,
                   settings: SupportSettings = SupportSettings(), address: str | None = None) -> IngestSummary:
-    """Add a labelled folder (see support_folder) to a set, computing features on a Ray Data actor pool."""
+    """Add a labelled folder (see fewshot/folder.py) to a set, computing features on a Ray Data actor pool."""
     started = time.perf_counter()
     check_set_name(set_name)
     folder = read_labelled_folder(images_dir, labels_dir, classes_file, max_pixels=settings.max_pixels)

@@ -4,6 +4,8 @@ tests/jobs/serve/conftest.py start it with."""
 from __future__ import annotations
 
 import io
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,25 @@ from tests.support.synthetic import example, scene
 
 TOKEN = "test-token-123"
 PHOTOS = ("coffee", "chelsea", "astronaut")
+
+
+def wait_until_healthy(url: str, seconds: float, process: subprocess.Popen | None = None) -> None:
+    """Poll GET /healthz until it answers 200. A refused connection or a read timeout means "not yet":
+    Serve's proxy listens before the app answers, and a loaded machine can take seconds to reply.
+    `process`: the service's own process, whose exit (with its output) ends the wait at once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service process exited with {process.returncode}:\n"
+                               f"{process.stdout.read()[-3000:] if process.stdout else ''}")
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service at {url} did not answer /healthz within {seconds:.0f} s")
+        time.sleep(0.5)
 
 
 @dataclass

@@ -3,16 +3,14 @@ real application started on the local Ray (loopback, a free port) once per test 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 from skimage import data
 
 from tests.support.ports import free_port
-from tests.support.service import PHOTOS, Service, service_config
+from tests.support.service import PHOTOS, Service, service_config, wait_until_healthy
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +40,6 @@ def service(serve_db, ray_local) -> Service:
 
     db, photos = serve_db
     url = start(parse_config(service_config(db)), host="127.0.0.1", port=free_port())
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the service at {url} did not answer /healthz")
-        time.sleep(0.5)
+    wait_until_healthy(url, 120)
     yield Service(url, db, photos)
     serve.shutdown()

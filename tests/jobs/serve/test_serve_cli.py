@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
 from tests.support.ports import free_port
+from tests.support.service import wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -26,16 +26,7 @@ def test_maskdex_serve_answers_until_interrupted(serve_db, tmp_path):
                                 "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env={**os.environ, "RAY_ADDRESS": ""})
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            try:
-                if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "maskdex serve did not come up"
-            time.sleep(1)
+        wait_until_healthy(url, 180, process)
         assert len(requests.post(url + "/search", json={"text": "a cat", "k": 2}, timeout=60).json()) == 2
         refused = requests.post(url + "/search", json={"text": "a cat", "k": 8}, timeout=60)
         assert refused.status_code == 400 and "between 1 and 7" in refused.json()["error"]

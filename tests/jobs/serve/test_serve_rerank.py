@@ -4,19 +4,17 @@ chat-completions server that answers from the tiny Qwen2.5-VL, then misbehaves; 
 from __future__ import annotations
 
 import io
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import pytest
-import requests
 from PIL import Image
 
 from maskdex.operators.common import rle
 from tests.support.chat_server import ChatServer, Misbehave, tiny_model_answer
 from tests.support.ports import free_port
-from tests.support.service import Service, service_config
+from tests.support.service import Service, service_config, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +40,7 @@ def rerank_service(serve_db, ray_local, chat_server):
                                         "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05}})
     config["deployments"]["Reranker"] = {"ray_actor_options": {"num_cpus": 0.5}}
     url = start(parse_config(config), host="127.0.0.1", port=free_port())
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the service at {url} did not answer /healthz")
-        time.sleep(0.5)
+    wait_until_healthy(url, 120)
     yield Service(url, db, photos)
     serve.shutdown()
 

@@ -3,14 +3,12 @@ which are noise, so every re-ranked result keeps its first-stage rank and says w
 
 from __future__ import annotations
 
-import time
 
 import pytest
-import requests
 
 from maskdex.operators.common import rle
 from tests.support.ports import free_port
-from tests.support.service import Service, service_config
+from tests.support.service import Service, service_config, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -26,16 +24,7 @@ def tiny_rerank_service(serve_db, ray_local):
     config = service_config(db, rerank={"backend": "tiny", "top": 3, "device": "cpu", "max_new_tokens": 16,
                                         "batching": {"max_batch_size": 6, "batch_wait_timeout_s": 0.05}})
     url = start(parse_config(config), host="127.0.0.1", port=free_port())
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the service at {url} did not answer /healthz")
-        time.sleep(0.5)
+    wait_until_healthy(url, 180)
     yield Service(url, db, photos)
     serve.shutdown()
 
