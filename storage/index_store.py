@@ -126,7 +126,7 @@ class IndexStore:
         # Convert both before writing either, so a conversion error writes nothing.
         images_table = batch.images_table(self.embed_dim, self.models)
         regions_table = batch.regions_table(self.embed_dim, self.models)
-        written = RegionFragments(images=len(batch.images))
+        written = RegionFragments(images=len(batch.images))  # no regions: nothing to append
         if regions_table.num_rows:
             writer = RegionFragmentWriter(self.regions_dataset_uri, dim=self.embed_dim, models=self.models)
             written = writer.write_batch(batch)

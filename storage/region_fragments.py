@@ -13,8 +13,8 @@ them, and Lance's cleanup (run by every compaction, IndexStore.compact) deletes 
 
 from __future__ import annotations
 
-import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 
 import lance
@@ -27,34 +27,36 @@ from maskdex.storage.tables import ModelMismatchError
 @dataclass(frozen=True)
 class RegionFragments:
     """What a worker hands the committer for one write: its fragments' metadata (Lance's JSON) and
-    how many images and region rows it covers, so the committer sizes commits without reading it."""
+    how many images (those whose rows the write checked, regions or not) and region rows it covers,
+    so the committer sizes commits without reading it. write_id names the write, 16 random bytes."""
 
+    write_id: str = ""
     fragments: tuple[str, ...] = ()
     images: int = 0
     rows: int = 0
 
     def to_json(self) -> str:
-        return json.dumps({"fragments": list(self.fragments), "images": self.images, "rows": self.rows})
+        return json.dumps({"write_id": self.write_id, "fragments": list(self.fragments), "images": self.images,
+                           "rows": self.rows})
 
     @classmethod
     def from_json(cls, text: str) -> RegionFragments:
         try:
             value = json.loads(text)
-            return cls(tuple(value["fragments"]), int(value["images"]), int(value["rows"]))
+            return cls(str(value["write_id"]), tuple(value["fragments"]), int(value["images"]), int(value["rows"]))
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"not a serialised RegionFragments: {text[:200]!r}") from error
+            raise ValueError(f"not a serialised RegionFragments: {str(text)[:200]!r}") from error
 
     @property
     def key(self) -> bytes:
-        """16 bytes naming this write: its data files are uniquely named, so two writes never share it."""
-        return hashlib.sha256(self.to_json().encode()).digest()[:16]
+        return bytes.fromhex(self.write_id)
 
     def metadata(self) -> list[FragmentMetadata]:
         return [FragmentMetadata.from_json(text) for text in self.fragments]
 
     @classmethod
     def merged(cls, writes: list[RegionFragments]) -> RegionFragments:
-        return cls(tuple(text for write in writes for text in write.fragments), sum(w.images for w in writes),
+        return cls("", tuple(text for write in writes for text in write.fragments), sum(w.images for w in writes),
                    sum(w.rows for w in writes))
 
 
@@ -85,9 +87,10 @@ class RegionFragmentWriter:
 
     def write_batch(self, batch: rows.Batch) -> RegionFragments:
         table = batch.regions_table(self.dim, self.models)
+        write_id = uuid.uuid4().hex
         if not table.num_rows:
-            return RegionFragments(images=len(batch.images))
+            return RegionFragments(write_id, images=len(batch.images))
         written = write_fragments(table, self.dataset_uri, schema=self._schema,
                                   data_storage_version=self._storage_version)
-        return RegionFragments(tuple(json.dumps(fragment.to_json()) for fragment in written),
+        return RegionFragments(write_id, tuple(json.dumps(fragment.to_json()) for fragment in written),
                                images=len(batch.images), rows=table.num_rows)

@@ -135,25 +135,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
-    known = ray.put(writer.known)
-    sam_actors, clip_actors = plan_actors(cluster, settings)
-    dataset = _read_stage(files, expanded.parquet, known, settings)
-    dataset = dataset.map_batches(
-        MaskStage,
-        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
-                               "dtype": settings.dtype, "settings": settings.mask_settings,
-                               "threads": max(1, int(settings.sam.num_cpus))},
-        **actor_pool(settings.sam, sam_actors),
-    )
-    dataset = dataset.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
-                               "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
-                               "threads": max(1, int(settings.clip.num_cpus)),
-                               "regions_uri": store.regions_dataset_uri, "models": store.models,
-                               "claims": start_claims()},
-        **actor_pool(settings.clip, clip_actors),
-    )
+    dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster)
 
     # Parquet sources hold an unknown number of images until read.
     progress = Progress("index", None if expanded.parquet else len(files))
@@ -187,6 +169,30 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         summary.index = store.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
+                  cluster: dict):
+    """The job's Ray Data pipeline, up to what reaches the driver: one row per input, with the
+    images row's fields, n_regions and the worker write holding its regions (never the regions)."""
+    sam_actors, clip_actors = plan_actors(cluster, settings)
+    dataset = _read_stage(files, parquet, ray.put(known), settings)
+    dataset = dataset.map_batches(
+        MaskStage,
+        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
+                               "dtype": settings.dtype, "settings": settings.mask_settings,
+                               "threads": max(1, int(settings.sam.num_cpus))},
+        **actor_pool(settings.sam, sam_actors),
+    )
+    return dataset.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
+                               "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
+                               "threads": max(1, int(settings.clip.num_cpus)),
+                               "regions_uri": store.regions_dataset_uri, "models": store.models,
+                               "claims": start_claims()},
+        **actor_pool(settings.clip, clip_actors),
+    )
 
 
 def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
