@@ -9,8 +9,8 @@ retry must write what the first attempt could not hand over. An input is its uri
 (the batch's uris, hashed): another batch holding the same uri (the same parquet row read twice,
 say) is a copy, not a retry.
 
-The actor holds 48 bytes per image of the run plus dict overhead (about 150 MB per million
-images); a run of many millions is better sharded by source prefix anyway (README, "At corpus scale").
+The actor holds 48 bytes per image of the run plus dict overhead (about 170 MB per million
+images, measured); a run of many millions is better sharded by source prefix anyway (README, "At corpus scale").
 """
 
 from __future__ import annotations
