@@ -1,8 +1,8 @@
 """IndexWriter: the one committer of an index run, with commits sized by rows and time.
 
-A commit adds one fragment and one version to each table, and a commit's cost grows with the
+A commit adds fragments and a version to each table, and a commit's cost grows with the
 fragments it must list, so committing every few images slows a long run down as 1/n (measured:
-576 -> 59 images/s within 20k images). The writer buffers rows and commits when the buffer holds
+576 -> 59 images/s within 20k images). The writer buffers and commits when the buffer holds
 `commit_rows` region rows or `commit_images` images, or `commit_seconds` have passed since the
 last commit (so a killed run loses at most that much work). Every `compact_every` commits, or
 `upkeep_rows` region rows, it compacts and keeps the vector index up (built once the table is large
@@ -11,8 +11,8 @@ fragment count, and with it commit cost and search latency, stay flat. Duplicate
 against an in-memory DigestSet of stored ids instead of a query per commit.
 
 The regions arrive already written, as Lance fragments by the workers (storage/region_fragments.py):
-the writer buffers images rows and fragment metadata, and counts region rows from what the workers
-report, so no embedding passes through it.
+it buffers images rows and fragment metadata, and counts region rows from what the workers
+report, so no region embedding passes through it.
 
 Upkeep runs on a background thread (one at a time) while commits go on: Lance lets an append
 commit beside a compaction or an index build, and a vector index (re)build on a large table takes
