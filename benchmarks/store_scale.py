@@ -153,6 +153,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
         reader.search(query, k=10)
         after.append(time.perf_counter() - one)
     counts = {} if writer is None else {"commits": writer.commits, "compactions": writer.compactions,
+                                        "merges": writer.merges,
                                         "compaction_s": round(writer.compaction_seconds, 1),
                                         "index": [r.get("vector_index") for r in writer.index_reports]}
     return rates, search_p50, 1000 * statistics.median(after), store.stats(), counts

@@ -27,6 +27,9 @@ from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_st
 __all__ = ["IndexStore", "ModelMismatchError"]
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
+# Rows a merge of small region fragments aims at: the size below which a fragment is merged again,
+# so each row is rewritten about once by merges, whatever the run's length.
+MERGED_ROWS = 65_536
 
 
 class IndexStore:
@@ -158,6 +161,15 @@ class IndexStore:
         indexes, and drop versions older than keep_versions_for (None: LanceDB's default, days)."""
         self._require_writable("compact")
         self._optimize(keep_versions_for)
+
+    def merge_small_fragments(self) -> int:
+        """Merge the regions table's small fragments (one per worker write) into fragments of up
+        to MERGED_ROWS rows, leaving larger ones alone: cheap enough to run every few commits, where
+        compact rewrites up to a million rows. Returns the fragments removed."""
+        self._require_writable("merge_small_fragments")
+        dataset = lance.dataset(self.regions_dataset_uri)
+        stats = dataset.optimize.compact_files(target_rows_per_fragment=MERGED_ROWS)
+        return stats.fragments_removed - stats.fragments_added
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""

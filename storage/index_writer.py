@@ -42,10 +42,13 @@ class CommitPolicy:
     commit_seconds: float = 10.0
     compact_every: int = 32  # commits between compactions
     upkeep_rows: int = 100_000  # region rows between compactions and index upkeep, whatever the commit count
+    # Worker writes (one regions fragment each) between merges of the small fragments: searches and
+    # commits slow down with the fragment count, and a job writes one fragment per model batch.
+    merge_fragments: int = 256
     background_upkeep: bool = True  # False: upkeep blocks the commit that triggered it (deterministic, for tests)
 
     def __post_init__(self):
-        for name in ("commit_images", "commit_rows", "compact_every", "upkeep_rows"):
+        for name in ("commit_images", "commit_rows", "compact_every", "upkeep_rows", "merge_fragments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.commit_seconds > 0:
@@ -59,6 +62,7 @@ class IndexWriter:
         self.known = store.known_ids()
         self.commits = 0
         self.compactions = 0
+        self.merges = 0
         self.index_reports: list[dict] = []  # what each compaction did to the vector index
         self.compaction_seconds = 0.0
         self.committed_images = 0
@@ -69,6 +73,7 @@ class IndexWriter:
         self._taken_writes = DigestSet(16)  # writes whose fragments are committed or buffered
         self._since_compaction = 0
         self._rows_since_compaction = 0
+        self._fragments_since_merge = 0
         self._last_commit = clock()
         self._upkeep: Future | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskdex-upkeep") \
@@ -127,24 +132,32 @@ class IndexWriter:
         self.committed_images += committed
         self._since_compaction += 1
         self._rows_since_compaction += written.rows
+        self._fragments_since_merge += len(written.fragments)
         if (self._since_compaction >= self.policy.compact_every
                 or self._rows_since_compaction >= self.policy.upkeep_rows):
             self.compact()
+        elif self._fragments_since_merge >= self.policy.merge_fragments:
+            self._start_upkeep(self._run_merge, compaction=False)
         return committed
 
     def compact(self) -> None:
         """Compaction and index upkeep now (in the background when the policy says so; skipped
         while the previous one still runs, and due again at the next commit)."""
+        self._start_upkeep(self._run_upkeep, compaction=True)
+
+    def _start_upkeep(self, upkeep, *, compaction: bool) -> None:
         if self._upkeep is not None:
             if not self._upkeep.done():
                 return
             self._upkeep.result()  # an upkeep failure surfaces here, never silently
             self._upkeep = None
-        self._since_compaction = self._rows_since_compaction = 0
+        self._fragments_since_merge = 0  # a compaction merges them too
+        if compaction:
+            self._since_compaction = self._rows_since_compaction = 0
         if self._executor is None:
-            self._run_upkeep()
+            upkeep()
         else:
-            self._upkeep = self._executor.submit(self._run_upkeep)
+            self._upkeep = self._executor.submit(upkeep)
 
     def close(self) -> None:
         """Commit what is buffered and wait for upkeep in flight."""
@@ -164,6 +177,10 @@ class IndexWriter:
         if report is not None:
             self.index_reports.append(report)
         self.compactions += 1
+
+    def _run_merge(self) -> None:
+        self.store.merge_small_fragments()
+        self.merges += 1
 
     def _due(self) -> bool:
         policy = self.policy

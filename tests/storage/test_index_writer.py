@@ -177,3 +177,18 @@ def test_an_older_images_table_gains_the_source_columns_when_opened_writable(tmp
     assert store.models == MODELS and store.embed_dim == DIM  # the build record survived
     store.commit([{**image, "source_size": 5, "source_mtime_ns": 6}], regions)
     assert source_key(image["uri"], 5, 6) in store.known_sources()
+
+
+def test_small_fragments_of_worker_writes_are_merged_between_compactions(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    writer = IndexWriter(store, CommitPolicy(commit_images=4, compact_every=1000, upkeep_rows=10**6, merge_fragments=8,
+                                             background_upkeep=False))
+    for number in range(0, 64, 2):  # 32 writes of 2 images, one fragment each; a commit every 2 writes
+        assert writer.add(*worker_write(store, number, number + 1)) == [True, True]
+    writer.close()
+    assert (writer.commits, writer.compactions, writer.merges) == (16, 0, 4)
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"]) == (64, 128)
+    assert stats["regions_fragments"] <= 2, stats  # 32 without merging
+    region_ids = lancedb.connect(store.uri).open_table("regions").to_arrow()["region_id"].to_pylist()
+    assert len(set(region_ids)) == 128
