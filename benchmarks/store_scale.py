@@ -43,7 +43,7 @@ MODELS = "synthetic(store_scale)"
 POOL = 8192  # distinct embeddings drawn from (generating 4M x 768 would dominate the run)
 SEARCHES_PER_TENTH = 3
 BASELINE_COMMIT_EVERY = 16
-BLOCK = 16  # images per worker write (one Alpha-CLIP batch of the job)
+BLOCK = IndexSettings().clip.batch_size  # images per worker write: one Alpha-CLIP batch of the job
 
 
 def _rows(number: int, n_regions: int, pool: np.ndarray) -> tuple[dict, list[dict]]:

@@ -63,7 +63,11 @@ class IndexSettings(ModelOptions):
     # On GPU nodes the num_gpus reservations decide placement instead.
     read_num_cpus: float = 0.25
     sam: StageResources = StageResources(max_actors=None, num_cpus=0.75)
-    clip: StageResources = StageResources(max_actors=None, num_cpus=0.25)
+    # Alpha-CLIP batches 16 images, not ray_pools' 2: each call writes its regions as one Lance
+    # fragment, and 2-image calls piled up hundreds of ~40-row fragments that slowed commits and
+    # searches (benchmarks/store_scale.py). Alpha-CLIP also batches better on GPU, and a kill loses
+    # only uncommitted work whatever the batch, so the larger batch costs little.
+    clip: StageResources = StageResources(max_actors=None, num_cpus=0.25, batch_size=16)
     # Commits are sized by rows and time (storage/index_writer.py): at most commit_every images or
     # commit_rows regions each, and one at least every commit_seconds, which bounds what a kill loses.
     commit_every: int = CommitPolicy.commit_images
