@@ -28,8 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import ray
 import numpy as np
+import ray
 from PIL import Image
 
 from maskdex.jobs.commands.samples import write_samples

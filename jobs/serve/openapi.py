@@ -83,7 +83,7 @@ def segmentation_query() -> dict:
         param("classes", {"type": "string"}, "comma-separated or a JSON list, in label-id order"),
         param("mode", {"type": "string", "enum": ["patch", "region"]}, "the segmentation mode"),
         param("seed", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "the run's seed"),
-        param("shots_only", {"type": "string", "enum": ["true", "false"]}, "runs without text support only")]}
+        param("shots_only", {"type": "string", "enum": ["true", "false"]}, "true: the runs that used the examples only, not the class names")]}
 
 
 def image_answer() -> dict:
