@@ -19,8 +19,6 @@ job / loop (images per second).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import os
 import statistics
 import tempfile
@@ -34,6 +32,7 @@ from PIL import Image
 
 from maskdex.jobs.commands.samples import write_samples
 from maskdex.operators.registry.presets import embedding_dim, get_preset
+from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.fewshot.segment_index import (
     SegmentIndexSettings,
     Selection,
@@ -74,9 +73,9 @@ def _register(files: list[str], db: str, models: str) -> None:
     rng = np.random.default_rng(0)
     rows = []
     for path in files:
-        data = Path(path).read_bytes()
-        width, height = Image.open(io.BytesIO(data)).size
-        rows.append({"image_id": hashlib.sha256(data).hexdigest(), "uri": path, "width": width, "height": height,
+        image = load_image(path)  # its file_id is the image_id the index job would give it
+        height, width = image.rgb.shape[:2]
+        rows.append({"image_id": image.file_id, "uri": path, "width": width, "height": height,
                      "status": "ok", "error": None, "embedding": rng.standard_normal(dim).astype(np.float32)})
     store.commit(rows, [])
 

@@ -17,7 +17,6 @@ import os
 import statistics
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import requests
 from PIL import Image
 
 from benchmarks.serve_load import _drive, _free_port, _png
+from tests.support.service import wait_until_healthy
 
 
 def _segment(url: str, images: list[bytes]):
@@ -40,18 +40,6 @@ def _segment(url: str, images: list[bytes]):
         except requests.RequestException:
             return False
     return call
-
-
-def _wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the service at {url} did not answer /healthz")
 
 
 def main() -> None:
@@ -88,7 +76,7 @@ def main() -> None:
                 "db": db, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps,
                 "segment_batching": {"max_batch_size": batch, "batch_wait_timeout_s": 0.02}}})
             url = start(config, host="127.0.0.1", port=_free_port())
-            _wait_healthy(url)
+            wait_until_healthy(url, 300)
             if name == "batched":
                 requests.post(url + "/supports", files={"image": ("i.png", _png(scene)), "labels": ("l.png", _png(labels))},
                               data={"set": "bench", "classes": "left,right"}, timeout=300).raise_for_status()

@@ -3,7 +3,6 @@ which are noise, so every re-ranked result keeps its first-stage rank and says w
 
 from __future__ import annotations
 
-
 import pytest
 
 from maskdex.operators.common import rle
