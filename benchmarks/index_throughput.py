@@ -24,11 +24,13 @@ from PIL import Image
 
 from maskdex.jobs.commands.samples import write_samples
 from maskdex.operators.registry.presets import embedding_dim, get_preset
-from maskdex.pipelines.index.job import IndexSettings, plan_actors, run_index, table_rows
-from maskdex.pipelines.index.stages import EmbedStage, MaskStage, read_files
+from maskdex.pipelines.index.claims import start_claims
+from maskdex.pipelines.index.job import IndexSettings, plan_actors, run_index
+from maskdex.pipelines.index.stages import SKIPPED, EmbedStage, MaskStage, image_row, read_files
 from maskdex.pipelines.common.sources import expand_sources
 from maskdex.storage.digests import DigestSet
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.region_fragments import RegionFragments
 
 
 def _corpus(directory: Path, count: int) -> list[str]:
@@ -50,14 +52,16 @@ def _loop(files: list[str], db: str, settings: IndexSettings) -> float:
     store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     masks = MaskStage(settings.models, None, settings.device, settings.dtype, {}, threads=os.cpu_count() or 1)
     embed = EmbedStage(settings.models, None, settings.device, settings.dtype, settings.context, 64,
-                       threads=os.cpu_count() or 1)
+                       threads=os.cpu_count() or 1, regions_uri=store.regions_dataset_uri, models=store.models,
+                       claims=start_claims())
     none = DigestSet(32)
     for start in range(0, len(files), settings.read_batch_size):
         uris = np.asarray(files[start : start + settings.read_batch_size], dtype=object)
         batch = embed(masks(read_files({"uri": uris}, known=none, max_pixels=settings.max_pixels,
                                        max_side=settings.max_side)))
-        rows = [table_rows({k: v[i] for k, v in batch.items()}, preset.fingerprint) for i in range(len(uris))]
-        store.commit([image for image, _ in rows], [region for _, regions in rows for region in regions])
+        rows = [{k: v[i] for k, v in batch.items()} for i in range(len(uris))]
+        store.commit_written([image_row(row, preset.fingerprint) for row in rows if row["status"] != SKIPPED],
+                             RegionFragments.from_json(rows[0]["fragments"]))
     return time.perf_counter() - started
 
 

@@ -1,14 +1,18 @@
 """The index write path at scale, and resume over a finished folder.
 
     python -m benchmarks.store_scale [--images 20000] [--baseline-images 4000] [--regions 20] [--dim 768]
-                                     [--resume-images 10000]
+                                     [--resume-images 10000] [--workers 2]
 
-1. Writes: what run_index does with each image minus the models (table_rows' output handed to the
-   IndexWriter: commits sized by rows and time, compaction every few commits) for --images synthetic
-   images of --regions regions of --dim dims, in one run; and, as the baseline in the same process, the
-   old path (IndexStore.commit every 16 images, nothing compacted) for --baseline-images. For each tenth
-   of a run: images committed per second, and the p50 of a few searches issued from a second, read-only
-   store during that tenth (their time is not counted as write time). Then search p50 after the run.
+1. Writes: what run_index does with each image minus the models, for --images synthetic images of
+   --regions regions of --dim dims, twice in one process: the fragment path (Ray tasks, --workers at
+   a time, write each block of images' regions as Lance fragments and hand the IndexWriter only the
+   images rows and the fragments' metadata, as the job's Alpha-CLIP actors do) and the row path (the
+   driver receives every region row and writes the fragments itself, then the same IndexWriter).
+   Both commit by the same policy (sized by rows and time, compaction every few commits). As the
+   baseline, the old path (IndexStore.commit every 16 images, nothing compacted) for
+   --baseline-images. For each tenth of a run: images committed per second, and the p50 of a few
+   searches issued from a second, read-only store during that tenth (their time is not counted as
+   write time). Then search p50 after the run.
 2. Resume: a folder of --resume-images tiny files, all recorded as indexed, run through run_index
    again: seconds until it has decided there is nothing to do, against a plain listing of the folder.
 
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from benchmarks.synthetic_regions import clustered_embeddings, image_id, queries_near
 from maskdex.operators.registry.presets import embedding_dim, get_preset
@@ -32,11 +37,13 @@ from maskdex.pipelines.common.sources import expand_sources
 from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
+from maskdex.storage.region_fragments import RegionFragments, RegionFragmentWriter
 
 MODELS = "synthetic(store_scale)"
 POOL = 8192  # distinct embeddings drawn from (generating 4M x 768 would dominate the run)
 SEARCHES_PER_TENTH = 3
 BASELINE_COMMIT_EVERY = 16
+BLOCK = IndexSettings().clip.batch_size  # images per worker write: one Alpha-CLIP batch of the job
 
 
 def _rows(number: int, n_regions: int, pool: np.ndarray) -> tuple[dict, list[dict]]:
@@ -52,36 +59,78 @@ def _rows(number: int, n_regions: int, pool: np.ndarray) -> tuple[dict, list[dic
     return row, regions
 
 
+def _block(start: int, stop: int, n_regions: int, pool: np.ndarray) -> tuple[list[dict], list[dict]]:
+    images, regions = [], []
+    for number in range(start, stop):
+        image, its_regions = _rows(number, n_regions, pool)
+        images.append(image)
+        regions += its_regions
+    return images, regions
+
+
+@ray.remote
+def _write_block(dataset_uri: str, start: int, stop: int, n_regions: int, pool: np.ndarray) -> tuple[list[dict], str]:
+    # A worker: makes its rows where it is (as an Alpha-CLIP actor holds its embeddings) and writes them.
+    writer = RegionFragmentWriter(dataset_uri, dim=pool.shape[1], models=MODELS)
+    images, written = writer.write(*_block(start, stop, n_regions, pool))
+    return images, written.to_json()
+
+
+def _driver_writes(store: IndexStore, images: int, n_regions: int, pool: np.ndarray):
+    writer = RegionFragmentWriter(store.regions_dataset_uri, dim=pool.shape[1], models=MODELS)
+    for start in range(0, images, BLOCK):
+        yield writer.write(*_block(start, min(start + BLOCK, images), n_regions, pool))
+
+
+def _worker_writes(store: IndexStore, images: int, n_regions: int, pool: np.ndarray, workers: int):
+    pool_ref, uri = ray.put(pool), store.regions_dataset_uri
+    starts = iter(range(0, images, BLOCK))
+    in_flight = []
+    while True:
+        # Two writes queued per worker, as the job's actor pools keep.
+        for start in starts:
+            in_flight.append(_write_block.remote(uri, start, min(start + BLOCK, images), n_regions, pool_ref))
+            if len(in_flight) >= 2 * workers:
+                break
+        if not in_flight:
+            return
+        ready, in_flight = ray.wait(in_flight, num_returns=1)
+        rows, written = ray.get(ready[0])
+        yield rows, RegionFragments.from_json(written)
+
+
 def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries: np.ndarray, *,
-               baseline: bool) -> tuple[list[float], list[float], float, dict, dict]:
+               path: str, workers: int = 1) -> tuple[list[float], list[float], float, dict, dict]:
     """Per tenth of the images: images/s committed and search p50 in ms during it; then search p50
-    after the run, the store's stats and the writer's counts.
+    after the run, the store's stats and the writer's counts. path: "baseline", "rows" or "fragments".
 
     A tenth's rate is a tenth of the images over the write time between the moments the committed
     count passed the tenth's bounds (interpolated within a commit that spans a bound; search time
     is left out). Searches run from a second store each time the committed count passes a bound."""
     store = IndexStore.open(uri, models=MODELS, embed_dim=pool.shape[1])
     reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
-    writer = None if baseline else IndexWriter(store, CommitPolicy())
+    writer = None if path == "baseline" else IndexWriter(store, CommitPolicy())
     tenth = images / 10
     events = [(0.0, 0)]  # (write seconds so far, images committed so far)
     search_p50: list[float] = []
-    pending_images, pending_regions = [], []
     committed = 0
     searching = 0.0
     started = time.perf_counter()
-    for number in range(images):
-        image, regions = _rows(number, n_regions, pool)
-        if baseline:
-            pending_images.append(image)
-            pending_regions.extend(regions)
-            if len(pending_images) == BASELINE_COMMIT_EVERY or number == images - 1:
-                committed += store.commit(pending_images, pending_regions)
-                pending_images, pending_regions = [], []
+    if path == "baseline":
+        commits = ((store.commit, _block(start, min(start + BASELINE_COMMIT_EVERY, images), n_regions, pool))
+                   for start in range(0, images, BASELINE_COMMIT_EVERY))
+    else:
+        writes = _driver_writes(store, images, n_regions, pool) if path == "rows" else \
+            _worker_writes(store, images, n_regions, pool, workers)
+        commits = ((writer.add, write) for write in writes)
+    for commit, arguments in commits:
+        if writer is None:
+            committed += commit(*arguments)
         else:
-            writer.add(image, regions)
-            if number == images - 1:
-                writer.close()
+            commit(*arguments)
+            committed = writer.committed_images
+        if writer is not None and writer.committed_images + writer.pending_images >= images:
+            writer.close()
             committed = writer.committed_images
         if committed == events[-1][1]:
             continue
@@ -104,6 +153,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
         reader.search(query, k=10)
         after.append(time.perf_counter() - one)
     counts = {} if writer is None else {"commits": writer.commits, "compactions": writer.compactions,
+                                        "merges": writer.merges,
                                         "compaction_s": round(writer.compaction_seconds, 1),
                                         "index": [r.get("vector_index") for r in writer.index_reports]}
     return rates, search_p50, 1000 * statistics.median(after), store.stats(), counts
@@ -166,6 +216,7 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=20)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--resume-images", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2, help="Ray worker processes writing fragments")
     args = parser.parse_args()
 
     pool = clustered_embeddings(POOL, args.dim, seed=0)
@@ -174,12 +225,23 @@ def main() -> None:
           f"per image; policy {CommitPolicy()}")
     with tempfile.TemporaryDirectory() as scratch:
         if args.baseline_images:
-            result = _write_run(f"{scratch}/old", args.baseline_images, args.regions, pool, queries, baseline=True)
+            result = _write_run(f"{scratch}/old", args.baseline_images, args.regions, pool, queries, path="baseline")
             _print_writes(f"old path (IndexStore.commit every {BASELINE_COMMIT_EVERY} images)", args.baseline_images,
                           *result)
         if args.images:
-            result = _write_run(f"{scratch}/new", args.images, args.regions, pool, queries, baseline=False)
-            _print_writes("new path (IndexWriter, as run_index)", args.images, *result)
+            result = _write_run(f"{scratch}/rows", args.images, args.regions, pool, queries, path="rows")
+            _print_writes("row path (the driver receives every region row and writes it; IndexWriter)", args.images,
+                          *result)
+            ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+            # Started and imported before the clock runs, as a job's actors are before results flow.
+            warm = IndexStore.open(f"{scratch}/warm", models=MODELS, embed_dim=pool.shape[1])
+            ray.get([_write_block.remote(warm.regions_dataset_uri, 0, BLOCK, args.regions, pool)
+                     for _ in range(2 * args.workers)])
+            result = _write_run(f"{scratch}/fragments", args.images, args.regions, pool, queries, path="fragments",
+                                workers=args.workers)
+            ray.shutdown()
+            _print_writes(f"fragment path ({args.workers} Ray workers write fragments, the IndexWriter commits "
+                          f"their metadata, as run_index)", args.images, *result)
         if args.resume_images:
             listing, deciding, best, summary = _resume(scratch, args.resume_images)
             print(f"\nresume over a finished folder of {args.resume_images} files (median of 3)")

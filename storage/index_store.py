@@ -1,8 +1,11 @@
 """IndexStore: the `images` and `regions` tables of one maskdex index, in one LanceDB database.
 
-Commit protocol: an image's regions are written first and its `images` row last, so the images
+Commit protocol: an image's regions are committed first and its `images` row last, so the images
 row is the commit mark. A crash between the two leaves regions without an images row; a writable
 open deletes them, search never returns them, and the re-run writes them again.
+
+Region rows reach the regions table one way: as Lance fragments (storage/region_fragments.py), written
+by the index job's workers, or here for rows handed to commit, and appended by their metadata.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
+import lance
 import numpy as np
 import pyarrow.compute as pc
 
 from maskdex.storage import rows, schemas, tables, vector_index
+from maskdex.storage.region_fragments import RegionFragments, RegionFragmentWriter
 from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
 from maskdex.storage import search as region_search
 from maskdex.storage.schemas import IMAGES, REGIONS
@@ -22,6 +27,9 @@ from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_st
 __all__ = ["IndexStore", "ModelMismatchError"]
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
+# Rows a merge of small region fragments aims at: the size below which a fragment is merged again,
+# so each row is rewritten about once by merges, whatever the run's length.
+MERGED_ROWS = 65_536
 
 
 class IndexStore:
@@ -100,6 +108,11 @@ class IndexStore:
                                                  zip(*(batch.column(name).to_pylist() for name in columns))],
                                                 dtype="S16") for batch in batches))
 
+    @property
+    def regions_dataset_uri(self) -> str:
+        """Where the regions table's Lance dataset lives: what fragment writers write into."""
+        return self._regions.to_lance().uri
+
     def commit(self, images: list[dict], regions: list[dict], *, known: DigestSet | None = None) -> int:
         """Write a batch: regions first, then the images rows. Images already stored are skipped
         with their regions, and repeats inside the batch collapse (first wins), so a re-run never
@@ -110,30 +123,53 @@ class IndexStore:
         in the image_id index, a cost that grows with the table during a long run."""
         self._require_writable("commit")
         batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
-        if known is None:
-            batch = batch.without(self.known_image_ids(batch.image_ids))
-        else:
-            ids = batch.image_ids
-            stored = known.contains_many(image_keys(ids))
-            batch = batch.without({i for i, hit in zip(ids, stored) if hit})
+        batch = batch.without(self._stored(batch.image_ids, known))
         if not batch.images:
             return 0
         # Convert both before writing either, so a conversion error writes nothing.
         images_table = batch.images_table(self.embed_dim, self.models)
         regions_table = batch.regions_table(self.embed_dim, self.models)
+        written = RegionFragments(images=len(batch.images))  # no regions: nothing to append
         if regions_table.num_rows:
-            self._regions.add(regions_table)
-        self._images.add(images_table)
-        if known is not None:
-            for image_id in batch.image_ids:
-                known.add(image_key(image_id))
-        return images_table.num_rows
+            writer = RegionFragmentWriter(self.regions_dataset_uri, dim=self.embed_dim, models=self.models)
+            written = writer.write_batch(batch)
+        return self._commit(images_table, written, batch.image_ids, known)
+
+    def commit_written(self, images: list[dict], written: RegionFragments, *, known: DigestSet | None = None) -> int:
+        """Commit regions that workers wrote as fragments, then their images rows (each stating its
+        n_regions; together they must account for every row of the fragments, so no region is
+        committed without its image). An image already stored is skipped when it has no regions and
+        refused when it has some, since its regions would be stored twice. Returns images rows written."""
+        self._require_writable("commit")
+        batch = rows.prepare_images(images, dim=self.embed_dim, models=self.models)
+        stored = self._stored(batch.image_ids, known)
+        twice = [row["image_id"] for row in batch.images if row["image_id"] in stored and row["n_regions"]]
+        if twice:
+            raise ValueError(f"{len(twice)} image(s) already stored, {twice[0]} first: committing their "
+                             f"written regions would store them twice")
+        batch = batch.without(stored)
+        described = sum(row["n_regions"] for row in batch.images)
+        if described != written.rows:
+            raise ValueError(f"the images rows account for {described} regions but the fragments hold "
+                             f"{written.rows} rows: a region would be committed without its image")
+        if not batch.images:
+            return 0
+        return self._commit(batch.images_table(self.embed_dim, self.models), written, batch.image_ids, known)
 
     def compact(self, *, keep_versions_for: timedelta | None = None) -> None:
         """Merge the small fragments that commits leave, fold new rows into the scalar and vector
         indexes, and drop versions older than keep_versions_for (None: LanceDB's default, days)."""
         self._require_writable("compact")
         self._optimize(keep_versions_for)
+
+    def merge_small_fragments(self) -> int:
+        """Merge the regions table's small fragments (one per worker write) into fragments of up
+        to MERGED_ROWS rows, leaving larger ones alone: cheap enough to run every few commits, where
+        compact rewrites up to a million rows. Returns the fragments removed."""
+        self._require_writable("merge_small_fragments")
+        dataset = lance.dataset(self.regions_dataset_uri)
+        stats = dataset.optimize.compact_files(target_rows_per_fragment=MERGED_ROWS)
+        return stats.fragments_removed - stats.fragments_added
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
@@ -267,6 +303,28 @@ class IndexStore:
             return recorded
         index = index or vector_index.find_vector_index(self._regions)
         return vector_index.VectorIndexParams.for_table(index.num_indexed_rows or 0, self.embed_dim)
+
+    def _stored(self, image_ids: list[str], known: DigestSet | None) -> set[str]:
+        if known is None:
+            return self.known_image_ids(image_ids)
+        return {i for i, hit in zip(image_ids, known.contains_many(image_keys(image_ids))) if hit}
+
+    def _commit(self, images_table, written: RegionFragments, image_ids: list[str], known: DigestSet | None) -> int:
+        if written.fragments:
+            self._append_regions(written)
+        self._images.add(images_table)  # the commit mark
+        if known is not None:
+            for image_id in image_ids:
+                known.add(image_key(image_id))
+        return images_table.num_rows
+
+    def _append_regions(self, written: RegionFragments) -> None:
+        uri = self.regions_dataset_uri
+        # An append commutes with the compaction and index builds that upkeep runs on another
+        # thread: Lance rebases it onto whatever they committed meanwhile (its commit retries).
+        latest = lance.dataset(uri).version
+        lance.LanceDataset.commit(uri, lance.LanceOperation.Append(written.metadata()), read_version=latest)
+        self._regions.checkout_latest()
 
     def _drop_orphan_regions(self) -> int:
         # Cheap test first: every committed image accounts for exactly n_regions rows.

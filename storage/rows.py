@@ -73,18 +73,42 @@ def prepare_batch(images: list[dict], regions: list[dict], *, dim: int, models: 
     _check_embeddings(region_rows, "regions", dim, unit_norm=True)
 
     counts = Counter(row["image_id"] for row in region_rows)
+    for image_id, row in kept_images.items():
+        if row.get("n_regions") is not None and row["n_regions"] != counts[image_id]:
+            raise ValueError(f"image {image_id} says n_regions={row['n_regions']} but the batch has "
+                             f"{counts[image_id]} regions for it")
+    return Batch(images=_finish_images(kept_images, counts, models), regions=region_rows)
+
+
+def prepare_images(images: list[dict], *, dim: int, models: str) -> Batch:
+    """Check images rows whose regions were written apart (as Lance fragments, by the workers):
+    each must state its n_regions, which the commit checks against the fragments' row count."""
+    if isinstance(images, Mapping) or not all(isinstance(row, Mapping) for row in images):
+        raise ValueError("images must be a list of row dicts")
+    kept_images: dict[str, dict] = {}
+    for index, row in enumerate(images):
+        _check_image(index, row, models)
+        n_regions = row.get("n_regions")
+        if isinstance(n_regions, bool) or not isinstance(n_regions, (int, np.integer)) or n_regions < 0:
+            raise ValueError(f"images[{index}] ({row['image_id']}): n_regions must be a count of regions "
+                             f"written as fragments, got {n_regions!r}")
+        kept_images.setdefault(row["image_id"], row)
+    _check_embeddings([r for r in kept_images.values() if r.get("embedding") is not None], "images", dim,
+                      unit_norm=False)
+    counts = {image_id: int(row["n_regions"]) for image_id, row in kept_images.items()}
+    return Batch(images=_finish_images(kept_images, counts, models), regions=[])
+
+
+def _finish_images(kept_images: dict[str, dict], counts: Mapping[str, int], models: str) -> list[dict]:
     indexed_at = datetime.now(timezone.utc)
     image_rows = []
     for image_id, row in kept_images.items():
-        n_regions = counts[image_id]
+        n_regions = counts.get(image_id, 0)
         if row["status"] == "failed" and n_regions:
             raise ValueError(f"image {image_id} has status 'failed' but {n_regions} regions")
-        if row.get("n_regions") is not None and row["n_regions"] != n_regions:
-            raise ValueError(f"image {image_id} says n_regions={row['n_regions']} but the batch has "
-                             f"{n_regions} regions for it")
         image_rows.append({**row, "n_regions": n_regions, "models": models,
                            "indexed_at": row.get("indexed_at") or indexed_at})
-    return Batch(images=image_rows, regions=region_rows)
+    return image_rows
 
 
 def _check_image(index: int, row: dict, models: str) -> None:

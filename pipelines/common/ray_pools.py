@@ -18,7 +18,8 @@ class StageResources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     # Small batches: both models loop over images inside a batch anyway, and small batches stream
-    # results to the writer sooner (less work lost to a kill, steadier progress).
+    # results to the writer sooner (less work lost to a kill, steadier progress). A stage whose call
+    # writes a fragment (the index job's Alpha-CLIP) sets a larger batch: pipelines/index/job.py.
     batch_size: int = 2
 
 

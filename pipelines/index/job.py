@@ -1,11 +1,13 @@
 """The index job: image sources -> SAM 2 masks -> Alpha-CLIP embeddings -> LanceDB, on Ray Data.
 
 Reading, hashing and decoding run as CPU tasks, the two models on actor pools (GPU actors on a GPU
-cluster, CPU actors here). Results stream back to this driver, the one writer (storage/index_writer.py),
-which commits them in batches sized by rows and time: regions first, then the images rows that mark
-them done, compacting as it goes. A killed job loses only the uncommitted batch. The next run skips
-every input whose source identity (uri, size, mtime) is recorded without reading it, and anything
-else whose content hash is already stored.
+cluster, CPU actors here). The Alpha-CLIP actors write each batch's regions as Lance fragments, for
+the images the batch owns (pipelines/index/claims.py: copies of one image in a run have one owner);
+what streams back to this driver, the one committer (storage/index_writer.py), is the images rows
+and the fragments' metadata, which it commits in batches sized by rows and time: regions first, then
+the images rows that mark them done, compacting as it goes. A killed job loses only the uncommitted
+batch. The next run skips every input whose source identity (uri, size, mtime) is recorded without
+reading it, and anything else whose content hash is already stored.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import ray
 from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
+from maskdex.pipelines.index.claims import start_claims
 from maskdex.pipelines.index.stages import (
-    FAILED,
+    DUPLICATE,
     NO_IDENTITY,
     OK,
     SKIPPED,
     EmbedStage,
     MaskStage,
+    image_row,
     read_files,
     read_parquet_rows,
 )
@@ -38,6 +42,7 @@ from maskdex.pipelines.common.sources import PARQUET_BYTES_COLUMNS, SourceError,
 from maskdex.storage.digests import source_key
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
+from maskdex.storage.region_fragments import RegionFragments
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,11 @@ class IndexSettings(ModelOptions):
     # On GPU nodes the num_gpus reservations decide placement instead.
     read_num_cpus: float = 0.25
     sam: StageResources = StageResources(max_actors=None, num_cpus=0.75)
-    clip: StageResources = StageResources(max_actors=None, num_cpus=0.25)
+    # Alpha-CLIP batches 16 images, not ray_pools' 2: each call writes its regions as one Lance
+    # fragment, and 2-image calls piled up hundreds of ~40-row fragments that slowed commits and
+    # searches (benchmarks/store_scale.py). Alpha-CLIP also batches better on GPU, and a kill loses
+    # only uncommitted work whatever the batch, so the larger batch costs little.
+    clip: StageResources = StageResources(max_actors=None, num_cpus=0.25, batch_size=16)
     # Commits are sized by rows and time (storage/index_writer.py): at most commit_every images or
     # commit_rows regions each, and one at least every commit_seconds, which bounds what a kill loses.
     commit_every: int = CommitPolicy.commit_images
@@ -130,9 +139,48 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
-    known = ray.put(writer.known)
+    dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster)
+
+    # Parquet sources hold an unknown number of images until read.
+    progress = Progress("index", None if expanded.parquet else len(files))
+    # batch_size=None: each block as it arrives, so the writer's clock, not a batch size, decides commits.
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        writes: dict[str, list[dict]] = {}  # one worker write (an Alpha-CLIP batch) -> its images
+        for row in _rows(batch):
+            summary.inputs += 1
+            progress.advance()
+            if row["status"] == SKIPPED:
+                summary.skipped += 1
+            elif row["status"] == DUPLICATE:
+                summary.duplicates += 1
+            else:
+                writes.setdefault(row["fragments"], []).append(row)
+        for write, rows in writes.items():
+            taken = writer.add([image_row(row, preset.fingerprint) for row in rows], RegionFragments.from_json(write))
+            for row, took in zip(rows, taken):
+                if not took:
+                    summary.duplicates += 1
+                    continue
+                summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
+                if row["status"] == OK:
+                    summary.ok += 1
+                    summary.regions += int(row["n_regions"])
+                else:
+                    summary.failed += 1
+                    summary.failures.append((row["uri"], row["error"]))
+    writer.close()
+    if settings.build_index:
+        summary.index = store.maybe_build_index()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
+                  cluster: dict):
+    """The job's Ray Data pipeline, up to what reaches the driver: one row per input, with the
+    images row's fields, n_regions and the worker write holding its regions (never the regions)."""
     sam_actors, clip_actors = plan_actors(cluster, settings)
-    dataset = _read_stage(files, expanded.parquet, known, settings)
+    dataset = _read_stage(files, parquet, ray.put(known), settings)
     dataset = dataset.map_batches(
         MaskStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
@@ -140,40 +188,15 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
                                "threads": max(1, int(settings.sam.num_cpus))},
         **actor_pool(settings.sam, sam_actors),
     )
-    dataset = dataset.map_batches(
+    return dataset.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
-                               "threads": max(1, int(settings.clip.num_cpus))},
+                               "threads": max(1, int(settings.clip.num_cpus)),
+                               "regions_uri": store.regions_dataset_uri, "models": store.models,
+                               "claims": start_claims()},
         **actor_pool(settings.clip, clip_actors),
     )
-
-    # Parquet sources hold an unknown number of images until read.
-    progress = Progress("index", None if expanded.parquet else len(files))
-    # batch_size=None: each block as it arrives, so the writer's clock, not a batch size, decides commits.
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for row in _rows(batch):
-            summary.inputs += 1
-            progress.advance()
-            if row["status"] == SKIPPED:
-                summary.skipped += 1
-                continue
-            image_row, region_rows = table_rows(row, preset.fingerprint)
-            if not writer.add(image_row, region_rows):
-                summary.duplicates += 1
-                continue
-            summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
-            if row["status"] == OK:
-                summary.ok += 1
-                summary.regions += len(region_rows)
-            else:
-                summary.failed += 1
-                summary.failures.append((row["uri"], row["error"]))
-    writer.close()
-    if settings.build_index:
-        summary.index = store.maybe_build_index()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
@@ -260,26 +283,3 @@ def _read_stage(files: list[tuple[str, int, int]], parquet: list[str], known, se
 def _rows(batch: dict[str, np.ndarray]):
     for index in range(len(batch["uri"])):
         yield {key: values[index] for key, values in batch.items()}
-
-
-def table_rows(row: dict, models: str) -> tuple[dict, list[dict]]:
-    ok = row["status"] == OK
-    regions = json.loads(row["regions"]) if ok else []
-    embeddings = row["region_embeddings"]
-    region_rows = [
-        {"region_id": f"{row['image_id']}:{n}", "image_id": str(row["image_id"]), "rle": region["rle"],
-         "bbox": [int(v) for v in region["bbox"]], "area": int(region["area"]),
-         "predicted_iou": float(region["predicted_iou"]), "stability_score": float(region["stability_score"]),
-         "embedding": np.asarray(embeddings[n], dtype=np.float32)}
-        for n, region in enumerate(regions)
-    ]
-    image_row = {
-        "image_id": str(row["image_id"]), "uri": str(row["uri"]), "width": int(row["width"]),
-        "height": int(row["height"]), "status": OK if ok else FAILED, "error": None if ok else str(row["error"]),
-        "n_regions": len(region_rows),
-        "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
-        "models": models,
-        **{name: (int(row[name]) if name in row and int(row[name]) != NO_IDENTITY else None)
-           for name in ("source_size", "source_mtime_ns")},
-    }
-    return image_row, region_rows

@@ -1,6 +1,8 @@
 """The stages of the index job. Every input row leaves every stage, carrying its status:
-"pending" (still being indexed), "ok", "failed" (with the error) or "skipped" (already indexed),
-so the job can account for every input at the end.
+"pending" (still being indexed), "ok", "failed" (with the error), "skipped" (already indexed) or
+"duplicate" (another input of this run holds the same bytes), so the job can account for every
+input at the end. The last stage writes the regions itself (as Lance fragments); what leaves it
+for the driver is the images rows' fields and the fragments' metadata.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from PIL import Image
 from maskdex.operators.common import rle as rle_codec
 from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side
 from maskdex.pipelines.common.sources import read_bytes
+from maskdex.pipelines.index.claims import batch_key
 from maskdex.storage.digests import DigestSet, image_key
+from maskdex.storage.region_fragments import RegionFragmentWriter
 
-PENDING, OK, FAILED, SKIPPED = "pending", "ok", "failed", "skipped"
+PENDING, OK, FAILED, SKIPPED, DUPLICATE = "pending", "ok", "failed", "skipped", "duplicate"
 NO_IDENTITY = -1  # source_size / source_mtime_ns of an input that has none (a parquet row)
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 log = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     columns = {}
     for key in rows[0]:
         values = [row[key] for row in rows]
-        if key in ("image", "region_embeddings", "image_embedding"):
+        if key in ("image", "image_embedding"):
             column = np.empty(len(values), dtype=object)
             column[:] = values
             columns[key] = column
@@ -142,10 +146,14 @@ class MaskStage:
 
 
 class EmbedStage:
-    """Alpha-CLIP on an actor: every region and the whole image; regions leave at the original resolution."""
+    """Alpha-CLIP on an actor: every region and the whole image; then the regions, at the original
+    resolution, are written as fragments into the regions dataset at regions_uri. Only images this
+    batch owns are embedded and written (claims: a run's ImageClaims actor); the others leave as
+    duplicates. Out go the images rows' fields, n_regions, and the write (RegionFragments JSON, the
+    same on every row of the batch): no region embedding travels to the driver."""
 
     def __init__(self, preset: str, weights: str | None, device: str, dtype: str | None, context: float | None,
-                 batch_size: int, threads: int):
+                 batch_size: int, threads: int, *, regions_uri: str, models: str, claims):
         import torch
 
         from maskdex.operators.registry.presets import alpha_clip_encoder
@@ -153,36 +161,92 @@ class EmbedStage:
         torch.set_num_threads(max(1, threads))
         self.encoder = alpha_clip_encoder(preset, weights=weights, device=device, dtype=dtype, context=context,
                                           batch_size=batch_size)
+        self.models = models
+        self.claims = claims
+        self.writer = RegionFragmentWriter(regions_uri, dim=self.encoder.embed_dim, models=models)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _writable_status(batch)
-        nothing = ("[]", np.zeros((0, self.encoder.embed_dim), np.float32), np.zeros((0,), np.float32))
-        outputs = []
+        self._claim(batch)
+        images, regions = [], []
+        # Empty, not None, for images without one: Ray Data cannot merge a block whose tensor
+        # column is all nulls with one that has tensors.
+        no_embedding = np.zeros((0,), np.float32)
+        image_embeddings = []
         for index, status in enumerate(batch["status"]):
             if status != PENDING:
-                outputs.append(nothing)
+                image_embeddings.append(no_embedding)
+                if status == FAILED:
+                    images.append(image_row(_at(batch, index), self.models, n_regions=0))
                 continue
             image = batch["image"][index]
-            regions = json.loads(batch["regions"][index])
+            found = json.loads(batch["regions"][index])
 
             def embed():
-                return (self.encoder.embed_regions(image, [r["rle"] for r in regions], [r["bbox"] for r in regions]),
+                return (self.encoder.embed_regions(image, [r["rle"] for r in found], [r["bbox"] for r in found]),
                         self.encoder.embed_image(image))
 
             result, error = _run_with_retry(embed, "Alpha-CLIP")
             if error is not None:
                 batch["status"][index], batch["error"][index] = FAILED, error
-                outputs.append(nothing)
+                image_embeddings.append(no_embedding)
+                images.append(image_row(_at(batch, index), self.models, n_regions=0))
                 continue
-            full_size = (int(batch["height"][index]), int(batch["width"][index]))
-            outputs.append((json.dumps([to_original_size(r, full_size) for r in regions]),
-                            result[0].numpy().astype(np.float32), result[1].numpy().astype(np.float32)))
             batch["status"][index] = OK
-        del batch["image"]  # pixels never travel further than they must
-        batch["regions"] = np.asarray([out[0] for out in outputs], dtype=object)
-        batch["region_embeddings"] = _object_column([out[1] for out in outputs])
-        batch["image_embedding"] = _object_column([out[2] for out in outputs])
+            image_embeddings.append(result[1].numpy().astype(np.float32))
+            full_size = (int(batch["height"][index]), int(batch["width"][index]))
+            image_id = str(batch["image_id"][index])
+            regions += region_rows(image_id, [to_original_size(r, full_size) for r in found],
+                                   result[0].numpy().astype(np.float32))
+            images.append(image_row({**_at(batch, index), "image_embedding": image_embeddings[-1]}, self.models,
+                                    n_regions=len(found)))
+        image_rows, written = self.writer.write(images, regions)
+        counts = {row["image_id"]: row["n_regions"] for row in image_rows}
+        for name in ("image", "regions"):  # pixels and masks never travel further than they must
+            del batch[name]
+        batch["image_embedding"] = _object_column(image_embeddings)
+        batch["n_regions"] = np.asarray([counts.get(str(i), 0) for i in batch["image_id"]], dtype=np.int64)
+        batch["fragments"] = np.asarray([written.to_json()] * len(batch["uri"]), dtype=object)
         return batch
+
+    def _claim(self, batch: dict[str, np.ndarray]) -> None:
+        wanted = [index for index, status in enumerate(batch["status"]) if status != SKIPPED]
+        if not wanted:
+            return
+        won = ray.get(self.claims.claim.remote([str(batch["image_id"][i]) for i in wanted],
+                                               [str(batch["uri"][i]) for i in wanted], batch_key(batch["uri"])))
+        for index, owned in zip(wanted, won):
+            if not owned:
+                batch["status"][index], batch["error"][index] = DUPLICATE, ""
+
+
+def image_row(row: dict, models: str, *, n_regions: int | None = None) -> dict:
+    """The images row of one input, from the stages' fields (and its n_regions, when known)."""
+    ok = row["status"] == OK
+    return {
+        "image_id": str(row["image_id"]), "uri": str(row["uri"]), "width": int(row["width"]),
+        "height": int(row["height"]), "status": OK if ok else FAILED, "error": None if ok else str(row["error"]),
+        "n_regions": int(row["n_regions"] if n_regions is None else n_regions),
+        "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
+        "models": models,
+        **{name: (int(row[name]) if name in row and int(row[name]) != NO_IDENTITY else None)
+           for name in ("source_size", "source_mtime_ns")},
+    }
+
+
+def region_rows(image_id: str, regions: list[dict], embeddings: np.ndarray) -> list[dict]:
+    """The regions rows of one image: its regions (at the original resolution) with their embeddings."""
+    return [
+        {"region_id": f"{image_id}:{n}", "image_id": image_id, "rle": region["rle"],
+         "bbox": [int(v) for v in region["bbox"]], "area": int(region["area"]),
+         "predicted_iou": float(region["predicted_iou"]), "stability_score": float(region["stability_score"]),
+         "embedding": np.asarray(embeddings[n], dtype=np.float32)}
+        for n, region in enumerate(regions)
+    ]
+
+
+def _at(batch: dict[str, np.ndarray], index: int) -> dict:
+    return {key: values[index] for key, values in batch.items()}
 
 
 def _writable_status(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

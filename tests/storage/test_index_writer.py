@@ -12,7 +12,18 @@ from benchmarks.synthetic_regions import image_id
 from maskdex.storage import IndexStore, schemas
 from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
+from maskdex.storage.region_fragments import RegionFragmentWriter
 from tests.storage.test_storage_store import DIM, MODELS, image_with_regions
+
+
+def worker_write(store: IndexStore, *numbers: int, n_regions: int = 2):
+    """What an index worker hands the writer: images rows and the fragments it wrote their regions to."""
+    images, regions = [], []
+    for number in numbers:
+        image, its_regions = image_with_regions(number, n_regions)
+        images.append(image)
+        regions += its_regions
+    return RegionFragmentWriter(store.regions_dataset_uri, dim=DIM, models=MODELS).write(images, regions)
 
 
 class Clock:
@@ -31,7 +42,7 @@ def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_image
     found_during_run = set()
     for number in range(60):
         image, regions = image_with_regions(number, n_regions=3)
-        assert writer.add(image, regions)
+        assert writer.add(*worker_write(store, number, n_regions=3)) == [True]
         if number == 39:  # mid-run: 20 commits so far, the last compaction after the 20th
             # A read-only store looks for new commits every half second (storage/tables.py).
             deadline = time.monotonic() + 2.0
@@ -52,7 +63,7 @@ def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=4))
     for number in range(40):
-        assert writer.add(*image_with_regions(number, n_regions=2))
+        assert writer.add(*worker_write(store, number)) == [True]
     writer.close()
     writer.store.compact()  # what run_index's closing maybe_build_index does
     stats = store.stats()
@@ -64,17 +75,17 @@ def test_commits_are_sized_by_images_rows_and_time(tmp_path):
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
     clock = Clock()
     writer = IndexWriter(store, CommitPolicy(commit_images=100, commit_rows=10, commit_seconds=5.0), clock=clock)
-    writer.add(*image_with_regions(0, n_regions=4))
-    writer.add(*image_with_regions(1, n_regions=4))
+    writer.add(*worker_write(store, 0, n_regions=4))
+    writer.add(*worker_write(store, 1, n_regions=4))
     assert writer.commits == 0 and writer.pending_images == 2
-    writer.add(*image_with_regions(2, n_regions=4))  # 12 region rows >= 10
+    writer.add(*worker_write(store, 2, n_regions=4))  # 12 region rows >= 10
     assert writer.commits == 1 and writer.pending_images == 0
-    writer.add(*image_with_regions(3, n_regions=1))
+    writer.add(*worker_write(store, 3, n_regions=1))
     clock.now = 4.9
-    writer.add(*image_with_regions(4, n_regions=1))
+    writer.add(*worker_write(store, 4, n_regions=1))
     assert writer.commits == 1
     clock.now = 10.0
-    writer.add(*image_with_regions(5, n_regions=1))  # 5 s since the last commit
+    writer.add(*worker_write(store, 5, n_regions=1))  # 5 s since the last commit
     assert writer.commits == 2 and store.stats()["images_ok"] == 6
 
 
@@ -83,14 +94,29 @@ def test_duplicates_collapse_against_the_buffer_and_the_table(tmp_path):
     store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
     store.commit(*[[row] if isinstance(row, dict) else row for row in image_with_regions(0)])
     writer = IndexWriter(store, CommitPolicy(commit_images=10))
-    assert not writer.add(*image_with_regions(0)), "stored before the run"
-    assert writer.add(*image_with_regions(1))
-    assert not writer.add(*image_with_regions(1)), "buffered in this run"
+    assert writer.add(*worker_write(store, 0)) == [False], "stored before the run"
+    assert writer.add(*worker_write(store, 1)) == [True]
+    assert writer.add(*worker_write(store, 1)) == [False], "buffered in this run"
     writer.close()
-    assert not writer.add(*image_with_regions(1)), "committed in this run"
+    assert writer.add(*worker_write(store, 1)) == [False], "committed in this run"
     writer.close()
     images = lancedb.connect(uri).open_table("images").to_arrow()["image_id"].to_pylist()
     assert sorted(images) == sorted([image_id(0), image_id(1)])
+    regions = lancedb.connect(uri).open_table("regions").to_arrow()["region_id"].to_pylist()
+    assert len(regions) == len(set(regions)) == 4, "the dropped writes' fragments were never committed"
+
+
+def test_a_write_that_mixes_taken_and_new_images_is_refused(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    writer = IndexWriter(store, CommitPolicy(commit_images=10))
+    assert writer.add(*worker_write(store, 0)) == [True]
+    with pytest.raises(ValueError, match="store that image's regions twice"):
+        writer.add(*worker_write(store, 0, 1))
+    images, written = worker_write(store, 2, 3)
+    with pytest.raises(ValueError, match="split from its fragments"):
+        writer.add(images[:1], written)
+    writer.close()
+    assert store.stats()["regions"] == 2
 
 
 def test_policy_rejects_nonsense():
@@ -151,3 +177,18 @@ def test_an_older_images_table_gains_the_source_columns_when_opened_writable(tmp
     assert store.models == MODELS and store.embed_dim == DIM  # the build record survived
     store.commit([{**image, "source_size": 5, "source_mtime_ns": 6}], regions)
     assert source_key(image["uri"], 5, 6) in store.known_sources()
+
+
+def test_small_fragments_of_worker_writes_are_merged_between_compactions(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    writer = IndexWriter(store, CommitPolicy(commit_images=4, compact_every=1000, upkeep_rows=10**6, merge_fragments=8,
+                                             background_upkeep=False))
+    for number in range(0, 64, 2):  # 32 writes of 2 images, one fragment each; a commit every 2 writes
+        assert writer.add(*worker_write(store, number, number + 1)) == [True, True]
+    writer.close()
+    assert (writer.commits, writer.compactions, writer.merges) == (16, 0, 4)
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"]) == (64, 128)
+    assert stats["regions_fragments"] <= 2, stats  # 32 without merging
+    region_ids = lancedb.connect(store.uri).open_table("regions").to_arrow()["region_id"].to_pylist()
+    assert len(set(region_ids)) == 128
