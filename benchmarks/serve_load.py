@@ -2,7 +2,7 @@
 /segment), against the same search function called in process by as many threads.
 
     python -m benchmarks.serve_load [--clients 1,8,32] [--seconds 5] [--repeats 3] [--segment-clients 2]
-        [--synthetic-rows 1000000] [--cache /tmp/maskdex-search-bench]
+        [--synthetic-rows 1000000] [--cache /tmp/maskdex-search-bench] [--api-replicas 1]
 
 The service runs on a local Ray with the tiny preset, on loopback, over a small index of the sample
 photos, or with --synthetic-rows over that many synthetic regions (clustered, at the tiny preset's
@@ -150,6 +150,7 @@ def main() -> None:
                         help="search a synthetic index of this many regions instead of the sample photos")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "maskdex-search-bench"))
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--api-replicas", type=int, default=1, help="Api (ingress and search) replicas")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--segment-clients", type=int, default=2)
     parser.add_argument("--segment-every", type=int, default=4, help="in the mix, one request in this many segments")
@@ -177,7 +178,8 @@ def main() -> None:
 
             built = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
             searched = _synthetic_index(args.cache, args.synthetic_rows, built.models, built.embed_dim)
-        config = parse_config({"maskdex": {"db": searched, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps}})
+        config = parse_config({"maskdex": {"db": searched, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps},
+                               "deployments": {"Api": {"num_replicas": args.api_replicas}}})
         url = start(config, host="127.0.0.1", port=_free_port())
         rng = np.random.default_rng(0)
         scene = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -209,7 +211,8 @@ def main() -> None:
         ray.shutdown()
 
     what = f"{args.synthetic_rows} synthetic regions" if args.synthetic_rows else f"{len(photos)} images"
-    print(f"\ntiny preset, {what}, {args.seconds:g} s per run, median of {args.repeats} runs, "
+    print(f"\ntiny preset, {what}, {args.api_replicas} Api replica(s), {args.seconds:g} s per run, "
+          f"median of {args.repeats} runs, "
           f"{os.cpu_count()} CPU cores (shared)")
     print(f"{'workload':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
           f"{'/in-process':>11s}")

@@ -10,7 +10,7 @@ by the index job's workers, or here for rows handed to commit, and appended by t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 
 import lance
@@ -158,18 +158,54 @@ class IndexStore:
 
     def compact(self, *, keep_versions_for: timedelta | None = None) -> None:
         """Merge the small fragments that commits leave, fold new rows into the scalar and vector
-        indexes, and drop versions older than keep_versions_for (None: LanceDB's default, days)."""
-        self._require_writable("compact")
-        self._optimize(keep_versions_for)
+        indexes, and drop versions older than keep_versions_for (None: Lance's default, days)."""
+        self.tidy(keep_versions_for=keep_versions_for)
 
-    def merge_small_fragments(self) -> int:
-        """Merge the regions table's small fragments (one per worker write) into fragments of up
-        to MERGED_ROWS rows, leaving larger ones alone: cheap enough to run every few commits, where
-        compact rewrites up to a million rows. Returns the fragments removed."""
-        self._require_writable("merge_small_fragments")
+    # Upkeep during a run: storage/index_writer.py runs tidy and train_vector_index on two threads.
+
+    def tidy(self, *, frozen: Collection[int] = (), keep_versions_for: timedelta | None = None) -> int:
+        """The short upkeep, cheap enough after every few commits: merge the regions table's small
+        fragments (one per worker write) into fragments of up to MERGED_ROWS rows, leaving larger
+        ones alone (compact rewrites up to a million rows), compact the images table, drop versions
+        older than keep_versions_for (None: Lance's default, days) and, with nothing frozen, fold new
+        rows into the indexes, which bounds the unindexed rows every search scans flat.
+
+        frozen: the fragment ids a vector index training in flight reads. Rewriting one, or folding
+        rows into the index meanwhile, would make its commit fail (Lance: "preempted by concurrent
+        transaction Rewrite / CreateIndex"); dropping old versions does not. Returns the regions
+        fragments removed."""
+        self._require_writable("tidy")
         dataset = lance.dataset(self.regions_dataset_uri)
-        stats = dataset.optimize.compact_files(target_rows_per_fragment=MERGED_ROWS)
+        options = {"target_rows_per_fragment": MERGED_ROWS}
+        if frozen:
+            options["excluded_fragment_ids"] = sorted(frozen)
+        stats = dataset.optimize.compact_files(**options)
+        dataset = lance.dataset(self.regions_dataset_uri)
+        if not frozen:
+            dataset.optimize.optimize_indices()
+        dataset.cleanup_old_versions(older_than=keep_versions_for)
+        self._images.optimize(cleanup_older_than=keep_versions_for)
         return stats.fragments_removed - stats.fragments_added
+
+    def regions_snapshot(self):
+        """The regions table's Lance dataset pinned at its latest version: what a training reads."""
+        return lance.dataset(self.regions_dataset_uri)
+
+    def vector_index_due(self, snapshot=None) -> bool:
+        """Whether a vector index should be trained: none yet and MIN_ROWS regions, or the table
+        has outgrown RETRAIN_GROWTH times the rows the index was trained on."""
+        rows = (snapshot if snapshot is not None else self.regions_snapshot()).count_rows()
+        if vector_index.find_vector_index(self._regions) is None:
+            return rows >= vector_index.MIN_ROWS
+        return rows > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
+
+    def train_vector_index(self, snapshot) -> dict:
+        """Train (or retrain) the vector index on a snapshot without compacting first, so commits
+        and tidy (off the snapshot's fragments) go on meanwhile. Returns build_index's report."""
+        self._require_writable("train_vector_index")
+        rows = snapshot.count_rows()  # before: the commit moves the snapshot to the new version
+        params = vector_index.build_vector_index(self._regions, self.embed_dim, snapshot=snapshot)
+        return {"regions": rows, "vector_index": "built", **params.describe()}
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
@@ -184,7 +220,7 @@ class IndexStore:
         is refreshed with optimize(), or retrained with force. Returns what was done."""
         self._require_writable("build_index")
         # Compaction first, so the vector index trains on few large fragments.
-        self._optimize(keep_versions_for)
+        self.tidy(keep_versions_for=keep_versions_for)
         report = {"regions": self._regions.count_rows(),
                   "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
                                      + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
@@ -206,7 +242,7 @@ class IndexStore:
         if vector_index.find_vector_index(self._regions) is None:
             if self._regions.count_rows() >= vector_index.MIN_ROWS:
                 return self.build_index(keep_versions_for=keep_versions_for)
-            self._optimize(keep_versions_for)
+            self.tidy(keep_versions_for=keep_versions_for)
             return None
         grown = self._regions.count_rows() > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
         return self.build_index(force=grown, keep_versions_for=keep_versions_for)
@@ -339,12 +375,6 @@ class IndexStore:
         for chunk in _chunks(orphans, _ID_CHUNK):
             deleted += self._regions.delete(f"image_id IN {sql_strings(chunk)}").num_deleted_rows
         return deleted
-
-    def _optimize(self, keep_versions_for: timedelta | None = None) -> None:
-        # Compacts the small fragments that per-batch commits leave, and folds rows added since
-        # into the scalar and vector indexes.
-        for table in (self._images, self._regions):
-            table.optimize(cleanup_older_than=keep_versions_for)
 
     def _check_query(self, query) -> np.ndarray:
         vector = np.asarray(query, dtype=np.float32)

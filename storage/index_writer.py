@@ -4,23 +4,31 @@ A commit adds fragments and a version to each table, and a commit's cost grows w
 fragments it must list, so committing every few images slows a long run down as 1/n (measured:
 576 -> 59 images/s within 20k images). The writer buffers and commits when the buffer holds
 `commit_rows` region rows or `commit_images` images, or `commit_seconds` have passed since the
-last commit (so a killed run loses at most that much work). Every `compact_every` commits, or
-`upkeep_rows` region rows, it compacts and keeps the vector index up (built once the table is large
-enough, refreshed, retrained as it outgrows its training set: IndexStore.maybe_build_index), so the
-fragment count, and with it commit cost and search latency, stay flat. Duplicates are caught
-against an in-memory DigestSet of stored ids instead of a query per commit.
+last commit (so a killed run loses at most that much work). Duplicates are caught against an
+in-memory DigestSet of stored ids instead of a query per commit.
 
 The regions arrive already written, as Lance fragments by the workers (storage/region_fragments.py):
 it buffers images rows and fragment metadata, and counts region rows from what the workers
 report, so no region embedding passes through it.
 
-Upkeep runs on a background thread (one at a time) while commits go on: Lance lets an append
-commit beside a compaction or an index build, and a vector index (re)build on a large table takes
-minutes that would otherwise stall the whole pipeline behind the writer.
+Upkeep keeps the fragment count, and with it commit cost and search latency, flat while a run goes
+on. It runs on two background threads beside the commits (Lance rebases an append onto whatever
+committed meanwhile), because its two parts differ in cost by orders of magnitude:
+- tidy (IndexStore.tidy), every `compact_every` commits, `upkeep_rows` region rows or
+  `merge_fragments` worker writes: merge small fragments, fold new rows into the indexes (which
+  bounds the rows a search scans flat), drop old versions. Seconds.
+- training (IndexStore.train_vector_index), when the table reaches MIN_ROWS and each time it
+  outgrows twice what the index was trained on. Minutes at millions of rows.
+A training reads a snapshot; a merge that rewrote one of its fragments, or rows folded into the old
+index meanwhile, would make its commit fail (Lance: "preempted by concurrent transaction Rewrite /
+CreateIndex"), so while it runs, tidy leaves the snapshot's fragments (frozen) alone, merges only
+those committed since, and folds no rows until it has committed; rows committed during a training
+are searched flat until then. One lock orders the snapshot against a tidy in flight.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,11 +36,14 @@ from datetime import timedelta
 
 from maskdex.storage.digests import DigestSet, image_key
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.vector_index import MAX_UNINDEXED_ROWS
 from maskdex.storage.region_fragments import RegionFragments
 
-# Versions a compaction during a run keeps: a reader that opened one of them a moment ago can
-# finish its query; older ones (one per commit) would only pile up manifests.
-KEEP_VERSIONS_FOR = timedelta(minutes=5)
+# Versions a tidy during a run keeps: a reader that opened one of them a moment ago can finish its
+# query (readers look for a newer one every 0.5 s). Older ones pin the files that merges replaced:
+# at 60 MB/s of regions, every minute kept is 3.6 GB of disk (a 200k-image run peaked at 3x its
+# table size with 5 minutes kept and no cleanup while a training ran).
+KEEP_VERSIONS_FOR = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -40,10 +51,12 @@ class CommitPolicy:
     commit_images: int = 4096
     commit_rows: int = 65_536  # region rows per commit (about 200 MB of 768-d embeddings)
     commit_seconds: float = 10.0
-    compact_every: int = 32  # commits between compactions
-    upkeep_rows: int = 100_000  # region rows between compactions and index upkeep, whatever the commit count
-    # Worker writes (one regions fragment each) between merges of the small fragments: searches and
-    # commits slow down with the fragment count, and a job writes one fragment per model batch.
+    compact_every: int = 32  # commits between tidies
+    # Region rows committed between tidies, whatever the commit count: the rows a search scans flat
+    # beside the vector index stay about this many (more only while a training runs).
+    upkeep_rows: int = MAX_UNINDEXED_ROWS
+    # Worker writes (one regions fragment each) between tidies: searches and commits slow down with
+    # the fragment count, and a job writes one fragment per model batch.
     merge_fragments: int = 256
     background_upkeep: bool = True  # False: upkeep blocks the commit that triggered it (deterministic, for tests)
 
@@ -61,23 +74,24 @@ class IndexWriter:
         self.policy = policy
         self.known = store.known_ids()
         self.commits = 0
-        self.compactions = 0
-        self.merges = 0
-        self.index_reports: list[dict] = []  # what each compaction did to the vector index
-        self.compaction_seconds = 0.0
+        self.tidies = 0
+        self.index_reports: list[dict] = []  # one per vector index training
+        self.tidy_seconds = 0.0
+        self.training_seconds = 0.0
         self.committed_images = 0
         self._clock = clock
         self._images: dict[str, dict] = {}
         self._writes: list[RegionFragments] = []
         self._rows = 0
         self._taken_writes = DigestSet(16)  # writes whose fragments are committed or buffered
-        self._since_compaction = 0
-        self._rows_since_compaction = 0
-        self._fragments_since_merge = 0
+        self._since_tidy = 0
+        self._rows_since_tidy = 0
+        self._fragments_since_tidy = 0
         self._last_commit = clock()
-        self._upkeep: Future | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskdex-upkeep") \
-            if policy.background_upkeep else None
+        self._frozen: frozenset[int] = frozenset()  # the fragments a training in flight reads
+        self._snapshot_lock = threading.Lock()
+        self._tidy = _Lane("maskdex-tidy", policy.background_upkeep)
+        self._training = _Lane("maskdex-train", policy.background_upkeep)
 
     def add(self, images: list[dict], written: RegionFragments) -> list[bool]:
         """Buffer one worker write: its images rows (each with its n_regions) and the fragments
@@ -121,7 +135,7 @@ class IndexWriter:
         return len(self._images)
 
     def flush(self) -> int:
-        """Commit what is buffered (the regions' fragments, then their images rows); compact when due."""
+        """Commit what is buffered (the regions' fragments, then their images rows); tidy when due."""
         self._last_commit = self._clock()
         if not self._images:
             return 0
@@ -130,59 +144,88 @@ class IndexWriter:
         committed = self.store.commit_written(images, written, known=self.known)
         self.commits += 1
         self.committed_images += committed
-        self._since_compaction += 1
-        self._rows_since_compaction += written.rows
-        self._fragments_since_merge += len(written.fragments)
-        if (self._since_compaction >= self.policy.compact_every
-                or self._rows_since_compaction >= self.policy.upkeep_rows):
+        self._since_tidy += 1
+        self._rows_since_tidy += written.rows
+        self._fragments_since_tidy += len(written.fragments)
+        policy = self.policy
+        if (self._since_tidy >= policy.compact_every or self._rows_since_tidy >= policy.upkeep_rows
+                or self._fragments_since_tidy >= policy.merge_fragments):
             self.compact()
-        elif self._fragments_since_merge >= self.policy.merge_fragments:
-            self._start_upkeep(self._run_merge, compaction=False)
         return committed
 
     def compact(self) -> None:
-        """Compaction and index upkeep now (in the background when the policy says so; skipped
-        while the previous one still runs, and due again at the next commit)."""
-        self._start_upkeep(self._run_upkeep, compaction=True)
-
-    def _start_upkeep(self, upkeep, *, compaction: bool) -> None:
-        if self._upkeep is not None:
-            if not self._upkeep.done():
-                return
-            self._upkeep.result()  # an upkeep failure surfaces here, never silently
-            self._upkeep = None
-        self._fragments_since_merge = 0  # a compaction merges them too
-        if compaction:
-            self._since_compaction = self._rows_since_compaction = 0
-        if self._executor is None:
-            upkeep()
-        else:
-            self._upkeep = self._executor.submit(upkeep)
+        """Upkeep now: a tidy, then a training if one is due (each skipped while its previous one
+        still runs; the tidy is due again at the next commit)."""
+        if self._tidy.start(self._run_tidy):
+            self._since_tidy = self._rows_since_tidy = self._fragments_since_tidy = 0
+        if not self._tidy.background:
+            self._training.start(self._run_training)
 
     def close(self) -> None:
         """Commit what is buffered and wait for upkeep in flight."""
         try:
             self.flush()
         finally:
-            if self._upkeep is not None:
-                upkeep, self._upkeep = self._upkeep, None
-                upkeep.result()
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
+            self._tidy.close()
+            self._training.close()
 
-    def _run_upkeep(self) -> None:
+    def _run_tidy(self) -> None:
         started = time.monotonic()
-        report = self.store.maybe_build_index(keep_versions_for=KEEP_VERSIONS_FOR)
-        self.compaction_seconds += time.monotonic() - started
-        if report is not None:
-            self.index_reports.append(report)
-        self.compactions += 1
+        with self._snapshot_lock:
+            self.store.tidy(frozen=self._frozen, keep_versions_for=KEEP_VERSIONS_FOR)
+        self.tidy_seconds += time.monotonic() - started
+        self.tidies += 1
+        if self._tidy.background:
+            # Chained from here, not from flush, so the commit thread never waits on the check.
+            self._training.start(self._run_training)
 
-    def _run_merge(self) -> None:
-        self.store.merge_small_fragments()
-        self.merges += 1
+    def _run_training(self) -> None:
+        with self._snapshot_lock:
+            snapshot = self.store.regions_snapshot()
+            if not self.store.vector_index_due(snapshot):
+                return
+            self._frozen = frozenset(fragment.fragment_id for fragment in snapshot.get_fragments())
+        started = time.monotonic()
+        try:
+            self.index_reports.append(self.store.train_vector_index(snapshot))
+        finally:
+            with self._snapshot_lock:
+                self._frozen = frozenset()
+            self.training_seconds += time.monotonic() - started
 
     def _due(self) -> bool:
         policy = self.policy
         return (len(self._images) >= policy.commit_images or self._rows >= policy.commit_rows
                 or self._clock() - self._last_commit >= policy.commit_seconds)
+
+
+class _Lane:
+    """One background thread running one job at a time (or, not background, the caller's thread)."""
+
+    def __init__(self, name: str, background: bool):
+        self.background = background
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) if background else None
+        self._job: Future | None = None
+
+    def start(self, job) -> bool:
+        """Run job unless the previous one still runs; False when skipped. A failure of the
+        previous job surfaces here, never silently."""
+        if self._job is not None:
+            if not self._job.done():
+                return False
+            previous, self._job = self._job, None
+            previous.result()
+        if self._executor is None:
+            job()
+        else:
+            self._job = self._executor.submit(job)
+        return True
+
+    def close(self) -> None:
+        try:
+            if self._job is not None:
+                job, self._job = self._job, None
+                job.result()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)

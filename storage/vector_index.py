@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-from lancedb.index import BTree, IvfHnswSq, IvfPq
+from lancedb.index import BTree
 
 from maskdex.storage.schemas import IMAGES, REGIONS
 
@@ -89,10 +89,12 @@ class VectorIndexParams:
     def record(self, table) -> None:
         table.update_field_metadata({"path": VECTOR_COLUMN, "metadata": {_PARAMS_KEY.decode(): json.dumps(asdict(self))}})
 
-    def config(self):
-        if self.index_type == "IVF_HNSW_SQ":
-            return IvfHnswSq(distance_type=METRIC, num_partitions=self.num_partitions)
-        return IvfPq(distance_type=METRIC, num_partitions=self.num_partitions, num_sub_vectors=self.num_sub_vectors)
+    def create_arguments(self) -> dict:
+        """LanceDataset.create_index's arguments for this index."""
+        arguments = {"index_type": self.index_type, "metric": METRIC, "num_partitions": self.num_partitions}
+        if self.index_type == "IVF_PQ":
+            arguments["num_sub_vectors"] = self.num_sub_vectors
+        return arguments
 
     def nprobes(self) -> int:
         if self.index_type == "IVF_HNSW_SQ":
@@ -137,12 +139,18 @@ def find_vector_index(table):
 
 
 def build_vector_index(table, dim: int, *, index_type: str = INDEX_TYPE,
-                       params: VectorIndexParams | None = None) -> VectorIndexParams:
-    rows = table.count_rows()
+                       params: VectorIndexParams | None = None, snapshot=None) -> VectorIndexParams:
+    """Train the vector index (replacing any) and record its parameters on the table. snapshot: the
+    table's Lance dataset pinned at the version to train on (default: the latest). A training takes
+    minutes at millions of rows; appends, and rewrites of fragments the snapshot does not hold, may
+    commit meanwhile (Lance rebases the index onto them), but a rewrite of one it holds makes the
+    index's commit fail (storage/index_writer.py keeps its merges off them)."""
+    dataset = snapshot if snapshot is not None else table.to_lance()
+    rows = dataset.count_rows()
     if rows < MIN_TRAINING_ROWS:
         raise ValueError(f"a vector index needs at least {MIN_TRAINING_ROWS} regions to train; there are {rows}")
     params = params or VectorIndexParams.for_table(rows, dim, index_type)
-    table.create_index(VECTOR_COLUMN, config=params.config(), replace=True)
+    dataset.create_index(VECTOR_COLUMN, replace=True, **params.create_arguments())
     params.record(table)
     return params
 

@@ -24,6 +24,9 @@ def add_parsers(commands) -> None:
                        help="most SAM 2 actors (default: as many as the cluster can place)")
     index.add_argument("--clip-actors", type=positive_int, default=None,
                        help="most Alpha-CLIP actors (default: one, plus as many as fit beside SAM 2's)")
+    index.add_argument("--clip-batch", type=positive_int, default=None,
+                       help="images per Alpha-CLIP call, each call writing its regions as one table fragment "
+                            "(default 16; smaller holds less GPU memory and commits in finer steps)")
     index.add_argument("--gpus-per-actor", type=float, default=None,
                        help="GPUs each model actor reserves (default: 1 with --device cuda, or auto on a "
                             "cluster with GPUs; else 0)")
@@ -75,7 +78,8 @@ def run_index(args) -> int:
     settings = IndexSettings(
         **model_options(args), mask_settings=mask_settings,
         sam=replace(defaults.sam, max_actors=args.sam_actors, num_gpus=gpus),
-        clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus),
+        clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus,
+                     batch_size=args.clip_batch or defaults.clip.batch_size),
         commit_every=args.commit_every or defaults.commit_every,
         commit_seconds=args.commit_seconds or defaults.commit_seconds, retry_failed=args.retry_failed,
         build_index=not args.no_build_index,

@@ -11,6 +11,7 @@ import mimetypes
 import os
 import time
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -34,6 +35,7 @@ from maskdex.jobs.serve.inputs import (
     parse_json,
     validate,
 )
+from maskdex.jobs.serve.query_vectors import QueryVectors
 
 log = logging.getLogger("maskdex.serve")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -147,6 +149,7 @@ class Api:
         self.config = MaskdexConfig.model_validate(config)
         self.limits = self.config.limits
         self._index = None
+        self.query_vectors = QueryVectors(encoder, self.config.text_cache_size, _model_call)
         app.state.metrics = RequestMetrics()
 
     # Pages and health
@@ -174,9 +177,9 @@ class Api:
         if query.rerank:
             from maskdex.jobs.serve.rerank_route import reranked_search
 
-            return await reranked_search(self, query, filters, _model_call)
-        return await _model_call(self.encoder.search.remote(query.text, query.k, query.oversample, query.templates,
-                                                            filters))
+            return await reranked_search(self, query, filters)
+        results, _ = await self.first_stage(query, query.k, filters)
+        return results
 
     @app.get("/images/{image_id}", response_class=Response,
              responses={**openapi.image_answer(), **openapi.errors(400, 404, 422)})
@@ -292,6 +295,19 @@ class Api:
         if not isinstance(upload, UploadFile):
             raise BadInput(f"{name} is missing: upload it as a file field named {name!r}")
         return await upload.read()
+
+    async def first_stage(self, query: SearchRequest, k: int, filters: dict | None) -> tuple[list[dict], np.ndarray]:
+        """The k best images for the query's text, and its query vector (a re-ranker scores with it).
+        The lookup runs here, beside the cached vectors, not on the encoder's replica."""
+        vector = await self.query_vectors.get(query.text, query.templates)
+        results = await asyncio.to_thread(self._lookup, vector, k, query.oversample, filters)
+        return results, vector
+
+    def _lookup(self, vector: np.ndarray, k: int, oversample: int, filters: dict | None) -> list[dict]:
+        try:
+            return self._index_store().search(vector, k=k, oversample=oversample, filters=filters)
+        except ValueError as error:
+            raise BadInput(str(error)) from None
 
     def _index_store(self):
         if self._index is None:

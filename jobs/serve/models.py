@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import threading
-from collections import OrderedDict
 
 import numpy as np
 from ray import serve
@@ -20,7 +19,9 @@ from maskdex.jobs.serve.config import MaskdexConfig
 
 @serve.deployment(name="TextEncoder")
 class TextEncoder:
-    """TextSearcher split in two: queries are embedded in batches, then each looks up its own results."""
+    """Query texts to unit query vectors, in batches across concurrent requests. The search itself
+    (and the cache of recent query vectors) is the ingress's: this replica holds the model, and a
+    LanceDB lookup here would take a GPU replica's time and add a hop to every cached query."""
 
     def __init__(self, config: dict):
         from maskdex.pipelines.search import TextSearcher
@@ -29,39 +30,12 @@ class TextEncoder:
         self.searcher = TextSearcher(settings.db, weights=settings.weights, device=settings.device)
         self._embed.set_max_batch_size(settings.batching.max_batch_size)
         self._embed.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
-        # Least recently used out first; a replica's event loop is its only user, so no lock.
-        self._cache: OrderedDict[tuple[str, bool], np.ndarray] = OrderedDict()
-        self._cache_size = settings.text_cache_size
 
-    async def search(self, text: str, k: int, oversample: int, templates: bool, filters: dict | None) -> list[dict]:
+    async def embed(self, text: str, templates: bool) -> np.ndarray:
         from maskdex.pipelines.search import check_query_text
 
         check_query_text(text)
-        query = await self._query_vector(text, templates)
-        return await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
-
-    async def _query_vector(self, text: str, templates: bool) -> np.ndarray:
-        key = (text, templates)
-        query = self._cache.get(key)
-        if query is not None:
-            self._cache.move_to_end(key)
-            return query
-        query = await self._embed(key)
-        if self._cache_size:
-            self._cache[key] = query
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return query
-
-    async def search_with_query(self, text: str, k: int, oversample: int, templates: bool,
-                                filters: dict | None) -> tuple[list[dict], np.ndarray]:
-        """search(), plus the query vector (the re-ranker scores stored regions with it)."""
-        from maskdex.pipelines.search import check_query_text
-
-        check_query_text(text)
-        query = await self._query_vector(text, templates)
-        results = await asyncio.to_thread(self.searcher.lookup, query, k=k, oversample=oversample, filters=filters)
-        return results, query
+        return await self._embed((text, templates))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _embed(self, queries: list[tuple[str, bool]]) -> list[np.ndarray]:

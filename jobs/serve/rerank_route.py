@@ -1,4 +1,4 @@
-"""`POST /search {"rerank": true}`: the first stage on the text encoder, the second on the Reranker deployment.
+"""`POST /search {"rerank": true}`: the first stage in the ingress (Api.first_stage), the second on the Reranker deployment.
 
 A re-ranker that is down or raises never costs the user the search: the first-stage results come back,
 each marked rerank.status "error" with the cause.
@@ -13,7 +13,7 @@ from maskdex.jobs.serve.inputs import BadInput
 log = logging.getLogger("maskdex.serve")
 
 
-async def reranked_search(api, query, filters: dict | None, model_call) -> list[dict]:
+async def reranked_search(api, query, filters: dict | None) -> list[dict]:
     from maskdex.pipelines.rerank import not_reranked
 
     settings = api.config.rerank
@@ -22,8 +22,7 @@ async def reranked_search(api, query, filters: dict | None, model_call) -> list[
     top = query.rerank_top if query.rerank_top is not None else settings.top
     if not 1 <= top <= api.limits.max_k:
         raise BadInput(f"rerank_top must be between 1 and {api.limits.max_k}, got {top}")
-    results, vector = await model_call(api.encoder.search_with_query.remote(
-        query.text, max(query.k, top), query.oversample, query.templates, filters))
+    results, vector = await api.first_stage(query, max(query.k, top), filters)
     try:
         reranked = await api.reranker.rerank.remote(query.text, results, vector, top)
     except Exception as error:  # the deployment died or could not start: degrade, say why

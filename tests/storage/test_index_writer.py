@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from benchmarks.synthetic_regions import image_id
-from maskdex.storage import IndexStore, schemas
+from maskdex.storage import IndexStore, schemas, vector_index
 from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
 from maskdex.storage.region_fragments import RegionFragmentWriter
@@ -51,7 +51,7 @@ def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_image
                 time.sleep(0.05)
             assert image["image_id"] in found_during_run, "a committed image is searchable during the run"
     writer.close()
-    assert (writer.commits, writer.compactions, writer.committed_images) == (30, 6, 60)
+    assert (writer.commits, writer.tidies, writer.committed_images) == (30, 6, 60)
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"]) == (60, 180)
     # 30 commits without compaction would leave 30 fragments per table.
@@ -68,7 +68,7 @@ def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
     writer.store.compact()  # what run_index's closing maybe_build_index does
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
-    assert writer.compactions >= 1 and stats["regions_fragments"] <= 2, stats
+    assert writer.tidies >= 1 and stats["regions_fragments"] <= 2, stats
 
 
 def test_commits_are_sized_by_images_rows_and_time(tmp_path):
@@ -179,16 +179,55 @@ def test_an_older_images_table_gains_the_source_columns_when_opened_writable(tmp
     assert source_key(image["uri"], 5, 6) in store.known_sources()
 
 
-def test_small_fragments_of_worker_writes_are_merged_between_compactions(tmp_path):
+def test_small_fragments_of_worker_writes_are_merged_every_few_writes(tmp_path):
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(commit_images=4, compact_every=1000, upkeep_rows=10**6, merge_fragments=8,
                                              background_upkeep=False))
     for number in range(0, 64, 2):  # 32 writes of 2 images, one fragment each; a commit every 2 writes
         assert writer.add(*worker_write(store, number, number + 1)) == [True, True]
     writer.close()
-    assert (writer.commits, writer.compactions, writer.merges) == (16, 0, 4)
+    assert (writer.commits, writer.tidies) == (16, 4)
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"]) == (64, 128)
     assert stats["regions_fragments"] <= 2, stats  # 32 without merging
     region_ids = lancedb.connect(store.uri).open_table("regions").to_arrow()["region_id"].to_pylist()
     assert len(set(region_ids)) == 128
+
+
+def test_tidy_beside_a_training_merges_only_new_fragments_and_both_commit(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    for first in range(0, 300, 50):  # 6 fragments of 100 regions
+        store.commit_written(*worker_write(store, *range(first, first + 50)))
+    snapshot = store.regions_snapshot()  # what a training in flight reads
+    frozen = {fragment.fragment_id for fragment in snapshot.get_fragments()}
+    for number in range(300, 340, 2):  # 20 small fragments committed meanwhile
+        store.commit_written(*worker_write(store, number, number + 1))
+    assert store.tidy(frozen=frozen) == 19  # the 20 new ones became one; the frozen ones stayed
+    assert {f.fragment_id for f in store.regions_snapshot().get_fragments()} >= frozen
+    report = store.train_vector_index(snapshot)  # commits after the merge, on the snapshot's rows
+    assert (report["vector_index"], report["regions"]) == ("built", 600)
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"], stats["regions_fragments"]) == (340, 680, 7)
+    assert stats["indexed"] and stats["unindexed_rows"] == 80  # the merged fragment, until the next tidy
+    store.tidy()
+    assert store.stats()["unindexed_rows"] == 0
+
+
+def test_background_trainings_during_a_run_lose_no_row(tmp_path, monkeypatch):
+    # A small MIN_ROWS so that the run trains its vector index, and retrains it as it doubles,
+    # on the training thread while commits and tidies go on.
+    monkeypatch.setattr(vector_index, "MIN_ROWS", 300)
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    writer = IndexWriter(store, CommitPolicy(commit_images=8, upkeep_rows=32))
+    for number in range(0, 800, 4):
+        assert writer.add(*worker_write(store, *range(number, number + 4))) == [True] * 4
+    writer.close()
+    assert writer.index_reports and all(report["vector_index"] == "built" for report in writer.index_reports)
+    store.tidy()
+    stats = store.stats()
+    assert (stats["images_ok"], stats["regions"], stats["unindexed_rows"]) == (800, 1600, 0)
+    assert stats["regions_fragments"] <= 3, stats  # 200 worker writes
+    region_ids = lancedb.connect(store.uri).open_table("regions").to_arrow()["region_id"].to_pylist()
+    assert len(set(region_ids)) == 1600
+    image, regions = image_with_regions(777, 2)
+    assert store.search(regions[1]["embedding"], k=1)[0]["image_id"] == image["image_id"]

@@ -72,7 +72,9 @@ def test_killed_job_resumes_exactly_once(tmp_path):
     total = len(corpus.ok) + 15
     inputs = corpus.inputs + 15
     db = tmp_path / "db"
-    first = subprocess.Popen([MASKDEX, "index", str(corpus.root), "--db", str(db), "--commit-every", "2"],
+    # Alpha-CLIP calls of 2 images commit in steps of 2, so the kill lands between commits.
+    first = subprocess.Popen([MASKDEX, "index", str(corpus.root), "--db", str(db), "--commit-every", "2",
+                              "--clip-batch", "2"],
                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True, cwd=REPO)
     try:
@@ -105,7 +107,7 @@ ray.init(address=cluster.address)
 
 def index(corpus):
     return [maskdex, "index", corpus, "--db", db, "--address", cluster.address, "--sam-actors", "2",
-            "--commit-every", "2", "--json"]
+            "--commit-every", "2", "--clip-batch", "2", "--json"]
 
 def summary(out):
     return json.loads(out[out.find("{"):])
