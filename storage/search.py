@@ -7,6 +7,7 @@ score), keep the top k images. Scores are cosine similarities: higher is better.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -94,24 +95,54 @@ def search_images(regions, images, query: np.ndarray, *, k: int, oversample: int
 
 def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None,
                      settings: vector_index.SearchSettings | None, adaptive: bool) -> pa.Table:
-    builder = (regions.search(query, vector_column_name=vector_index.VECTOR_COLUMN)
-               .distance_type(vector_index.METRIC).select(_REGION_COLUMNS).limit(limit))
-    if where:
-        builder = builder.where(where, prefilter=True)
+    nearest = {"column": vector_index.VECTOR_COLUMN, "q": query, "k": limit, "metric": vector_index.METRIC}
     if settings is None:
-        return builder.bypass_vector_index().to_arrow()
-    if settings.refine_factor:
-        builder = builder.refine_factor(settings.refine_factor)
-    if settings.ef:
-        # Lance refuses a beam narrower than the candidates it is to return.
-        builder = builder.ef(max(settings.ef, limit * (settings.refine_factor or 1)))
-    nprobes = settings.nprobes
-    if adaptive:
-        # No cap on probes: Lance searches further partitions until it has `limit` rows, so
-        # fewer rows means there are no more. Not the default: with refine_factor set, Lance
-        # then probes every partition.
-        return builder.minimum_nprobes(nprobes).maximum_nprobes(0).to_arrow()
-    return builder.nprobes(nprobes).to_arrow()
+        nearest["use_index"] = False
+    else:
+        if settings.refine_factor:
+            nearest["refine_factor"] = settings.refine_factor
+        if settings.ef:
+            # Lance refuses a beam narrower than the candidates it is to return.
+            nearest["ef"] = max(settings.ef, limit * (settings.refine_factor or 1))
+        if adaptive:
+            # Lance searches further partitions, from nprobes up to every one, until it has
+            # `limit` rows that pass the filter, so fewer rows means there are no more. Not the
+            # default: with refine_factor set, it then probes every partition.
+            nearest["minimum_nprobes"] = settings.nprobes
+            nearest["search_effort"] = 0.0  # start at the minimum (Lance's default starts half way to all)
+        else:
+            nearest["nprobes"] = settings.nprobes
+    return _SNAPSHOTS.of(regions).to_table(columns=_REGION_COLUMNS[:-1], nearest=nearest, filter=where,
+                                           prefilter=where is not None)
+
+
+class _Snapshots:
+    """Each table's Lance dataset at the table's current version (LanceDB decides when to look for a
+    newer one: storage/tables.py). A nearest query through it is one call into Lance, where LanceDB's
+    query builder makes about seven round trips through its event loop (schema, blob checks, version,
+    the query): most of a small query's time in the query service's profile. A new version is
+    checked out from the previous one, so the vector index stays in the session's cache."""
+
+    def __init__(self):
+        self._datasets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def of(self, table):
+        version = table.version
+        with self._lock:
+            dataset = self._datasets.get(table)
+        if dataset is None:
+            dataset = table.to_lance()
+        elif dataset.version != version:
+            dataset = dataset.checkout_version(version)
+        else:
+            return dataset
+        with self._lock:
+            self._datasets[table] = dataset
+        return dataset
+
+
+_SNAPSHOTS = _Snapshots()
 
 
 def _best_region_per_image(hits: pa.Table) -> dict[str, dict]:
