@@ -182,7 +182,7 @@ class IndexStore:
         stats = dataset.optimize.compact_files(**options)
         dataset = lance.dataset(self.regions_dataset_uri)
         if not frozen:
-            dataset.optimize.optimize_indices()
+            _fold_new_rows(dataset)
         dataset.cleanup_old_versions(older_than=keep_versions_for)
         self._images.optimize(cleanup_older_than=keep_versions_for)
         return stats.fragments_removed - stats.fragments_added
@@ -424,6 +424,20 @@ def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | 
     if embed_dim is not None and embed_dim != recorded_dim:
         raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "
                                  f"(models {recorded_models!r})")
+
+
+def _fold_new_rows(dataset) -> None:
+    """Index the regions no index covers yet. New rows go into a new segment of the vector index
+    (Lance's default merges them into the previous segment, rewriting it: 24 s against 2 s for 32k new
+    rows beside 500k indexed, on 2 cores); once there are MAX_INDEX_SEGMENTS, the segments since the
+    training merge into one, so queries never search more than that many."""
+    for index in dataset.describe_indices():
+        if index.name == vector_index.VECTOR_INDEX_NAME:
+            count = len(index.segments)
+            merge = count - 1 if count >= vector_index.MAX_INDEX_SEGMENTS else 0
+            dataset.optimize.optimize_indices(index_names=[index.name], num_indices_to_merge=merge)
+        else:
+            dataset.optimize.optimize_indices(index_names=[index.name])
 
 
 def _region_number(row: dict) -> int:

@@ -24,6 +24,10 @@ from maskdex.storage.schemas import IMAGES, REGIONS
 
 METRIC = "cosine"
 VECTOR_COLUMN = "embedding"
+VECTOR_INDEX_NAME = "embedding_idx"  # Lance's name for an index on VECTOR_COLUMN
+# Segments of the vector index (the trained one, then one per fold of new rows) that a query may
+# have to search before the folds merge theirs (IndexStore.tidy).
+MAX_INDEX_SEGMENTS = 8
 INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
 INDEX_TYPE = "IVF_PQ"
 _PARAMS_KEY = b"maskdex.ivf_pq"
@@ -166,7 +170,7 @@ def build_vector_index(table, dim: int, *, index_type: str = INDEX_TYPE,
     if rows < MIN_TRAINING_ROWS:
         raise ValueError(f"a vector index needs at least {MIN_TRAINING_ROWS} regions to train; there are {rows}")
     params = params or VectorIndexParams.for_table(rows, dim, index_type)
-    dataset.create_index(VECTOR_COLUMN, replace=True, **params.create_arguments())
+    dataset.create_index(VECTOR_COLUMN, name=VECTOR_INDEX_NAME, replace=True, **params.create_arguments())
     params.record(table)
     return params
 

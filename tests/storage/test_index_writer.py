@@ -233,3 +233,20 @@ def test_background_trainings_during_a_run_lose_no_row(tmp_path, monkeypatch):
     assert len(set(region_ids)) == 1600
     image, regions = image_with_regions(777, 2)
     assert store.search(regions[1]["embedding"], k=1)[0]["image_id"] == image["image_id"]
+
+
+def test_each_tidy_indexes_new_rows_in_a_segment_and_merges_them_at_the_cap(tmp_path):
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store.commit_written(*worker_write(store, *range(150)))  # 300 regions
+    store.train_vector_index(store.regions_snapshot())
+    segments = []
+    for number in range(150, 150 + vector_index.MAX_INDEX_SEGMENTS + 2):
+        store.commit_written(*worker_write(store, number))
+        store.tidy()
+        assert store.stats()["unindexed_rows"] == 0
+        index = next(i for i in store.regions_snapshot().describe_indices() if i.name == vector_index.VECTOR_INDEX_NAME)
+        segments.append(len(index.segments))
+    cap = vector_index.MAX_INDEX_SEGMENTS
+    assert segments == list(range(2, cap + 1)) + [2, 3, 4], segments
+    image, regions = image_with_regions(150 + cap, 2)
+    assert store.search(regions[0]["embedding"], k=1)[0]["image_id"] == image["image_id"]
