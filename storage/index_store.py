@@ -191,13 +191,13 @@ class IndexStore:
         """The regions table's Lance dataset pinned at its latest version: what a training reads."""
         return lance.dataset(self.regions_dataset_uri)
 
-    def vector_index_due(self, snapshot=None) -> bool:
+    def vector_index_due(self, snapshot=None, *, growth: float = vector_index.RETRAIN_GROWTH) -> bool:
         """Whether a vector index should be trained: none yet and MIN_ROWS regions, or the table
-        has outgrown RETRAIN_GROWTH times the rows the index was trained on."""
+        has outgrown `growth` times the rows the index was trained on."""
         rows = (snapshot if snapshot is not None else self.regions_snapshot()).count_rows()
         if vector_index.find_vector_index(self._regions) is None:
             return rows >= vector_index.MIN_ROWS
-        return rows > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
+        return rows > growth * self._vector_params().trained_rows
 
     def train_vector_index(self, snapshot) -> dict:
         """Train (or retrain) the vector index on a snapshot without compacting first, so commits

@@ -18,7 +18,7 @@ committed meanwhile), because its two parts differ in cost by orders of magnitud
   `merge_fragments` worker writes: merge small fragments, fold new rows into the indexes (which
   bounds the rows a search scans flat), drop old versions. Seconds.
 - training (IndexStore.train_vector_index), when the table reaches MIN_ROWS and each time it
-  outgrows twice what the index was trained on. Minutes at millions of rows.
+  outgrows `retrain_growth` times what the index was trained on. Minutes at millions of rows.
 A training reads a snapshot; a merge that rewrote one of its fragments, or rows folded into the old
 index meanwhile, would make its commit fail (Lance: "preempted by concurrent transaction Rewrite /
 CreateIndex"), so while it runs, tidy leaves the snapshot's fragments (frozen) alone, merges only
@@ -58,12 +58,20 @@ class CommitPolicy:
     # Worker writes (one regions fragment each) between tidies: searches and commits slow down with
     # the fragment count, and a job writes one fragment per model batch.
     merge_fragments: int = 256
+    # Growth of the table since the last training that retrains the vector index during a run. Rows
+    # committed while a training runs are searched flat until it commits, and on 2 cores trainings
+    # at each doubling (run_index's closing upkeep uses vector_index.RETRAIN_GROWTH) kept one running
+    # for most of a 200k-image run, with searches at 0.7-2.7 s. Meanwhile new rows are folded into
+    # the partitions the index has: their lists grow, and a query's probes scan more of them.
+    retrain_growth: float = 8.0
     background_upkeep: bool = True  # False: upkeep blocks the commit that triggered it (deterministic, for tests)
 
     def __post_init__(self):
         for name in ("commit_images", "commit_rows", "compact_every", "upkeep_rows", "merge_fragments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.retrain_growth > 1:
+            raise ValueError(f"retrain_growth must be > 1, got {self.retrain_growth}")
         if not self.commit_seconds > 0:
             raise ValueError(f"commit_seconds must be > 0, got {self.commit_seconds}")
 
@@ -182,7 +190,7 @@ class IndexWriter:
     def _run_training(self) -> None:
         with self._snapshot_lock:
             snapshot = self.store.regions_snapshot()
-            if not self.store.vector_index_due(snapshot):
+            if not self.store.vector_index_due(snapshot, growth=self.policy.retrain_growth):
                 return
             self._frozen = frozenset(fragment.fragment_id for fragment in snapshot.get_fragments())
         started = time.monotonic()

@@ -218,7 +218,7 @@ def test_background_trainings_during_a_run_lose_no_row(tmp_path, monkeypatch):
     # on the training thread while commits and tidies go on.
     monkeypatch.setattr(vector_index, "MIN_ROWS", 300)
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
-    writer = IndexWriter(store, CommitPolicy(commit_images=8, upkeep_rows=32))
+    writer = IndexWriter(store, CommitPolicy(commit_images=8, upkeep_rows=32, retrain_growth=2.0))
     for number in range(0, 800, 4):
         assert writer.add(*worker_write(store, *range(number, number + 4))) == [True] * 4
     writer.close()
