@@ -53,16 +53,17 @@ class CommitPolicy:
     commit_seconds: float = 10.0
     compact_every: int = 32  # commits between tidies
     # Region rows committed between tidies, whatever the commit count: the rows a search scans flat
-    # beside the vector index stay about this many (more only while a training runs).
+    # beside the vector index stay about this many, unless a training runs or the ingest outpaces
+    # the folds (about a core-second per 7,000 rows of 768-d).
     upkeep_rows: int = MAX_UNINDEXED_ROWS
     # Worker writes (one regions fragment each) between tidies: searches and commits slow down with
     # the fragment count, and a job writes one fragment per model batch.
     merge_fragments: int = 256
     # Growth of the table since the last training that retrains the vector index during a run. Rows
-    # committed while a training runs are searched flat until it commits, and on 2 cores trainings
-    # at each doubling (run_index's closing upkeep uses vector_index.RETRAIN_GROWTH) kept one running
-    # for most of a 200k-image run, with searches at 0.7-2.7 s. Meanwhile new rows are folded into
-    # the partitions the index has: their lists grow, and a query's probes scan more of them.
+    # committed while a training runs are searched flat until it commits: on 2 cores, trainings at
+    # each doubling (what run_index's closing upkeep uses, vector_index.RETRAIN_GROWTH) ran for 291 s
+    # of a 200k-image run's 306; at 8x, two took 70 s. Between trainings new rows are folded into the
+    # partitions the index has, so their lists grow and a query's probes scan more of them.
     retrain_growth: float = 8.0
     background_upkeep: bool = True  # False: upkeep blocks the commit that triggered it (deterministic, for tests)
 
