@@ -17,7 +17,7 @@ from maskdex.storage import vector_index
 from maskdex.storage.tables import sql_strings
 
 FILTER_KEYS = ("min_area", "max_area", "image_ids")
-_REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]
+_REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox"]  # and _distance, which a nearest query adds
 # How much to widen the candidate rows when they cover fewer than k images.
 _WIDEN = 4
 
@@ -112,7 +112,7 @@ def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None,
             nearest["search_effort"] = 0.0  # start at the minimum (Lance's default starts half way to all)
         else:
             nearest["nprobes"] = settings.nprobes
-    return _SNAPSHOTS.of(regions).to_table(columns=_REGION_COLUMNS[:-1], nearest=nearest, filter=where,
+    return _SNAPSHOTS.of(regions).to_table(columns=_REGION_COLUMNS, nearest=nearest, filter=where,
                                            prefilter=where is not None)
 
 
