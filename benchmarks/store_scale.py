@@ -10,9 +10,9 @@
    driver receives every region row and writes the fragments itself, then the same IndexWriter).
    Both commit by the same policy (sized by rows and time, a tidy every few commits, vector index
    trainings on their own thread). As the baseline, the old path (IndexStore.commit every 16
-   images, nothing compacted) for --baseline-images. For each tenth of a run: images committed per second, and the p50 of a few
-   searches issued from a second, read-only store during that tenth (their time is not counted as
-   write time). Then search p50 after the run.
+   images, nothing compacted) for --baseline-images. For each tenth of a run: images committed
+   per second, and the p50 of a few searches issued from a second, read-only store during that
+   tenth (their time is not counted as write time). Then search p50 after the run.
 2. Resume: a folder of --resume-images tiny files, all recorded as indexed, run through run_index
    again: seconds until it has decided there is nothing to do, against a plain listing of the folder.
 

@@ -244,8 +244,7 @@ class IndexStore:
                 return self.build_index(keep_versions_for=keep_versions_for)
             self.tidy(keep_versions_for=keep_versions_for)
             return None
-        grown = self._regions.count_rows() > vector_index.RETRAIN_GROWTH * self._vector_params().trained_rows
-        return self.build_index(force=grown, keep_versions_for=keep_versions_for)
+        return self.build_index(force=self.vector_index_due(), keep_versions_for=keep_versions_for)
 
     # Reading
 
