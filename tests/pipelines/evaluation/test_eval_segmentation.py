@@ -42,7 +42,9 @@ done = subprocess.run([maskdex, "eval", "segmentation", "--data", data, "--datas
                        "--address", cluster.address, "--short-side", "64", "--rns-steps", "100",
                        "--shard-size", "1", "--actors", "2"], capture_output=True, text=True, timeout=600)
 ray.init(address=cluster.address)
-actors = [a for a in ray.util.state.list_actors(detail=True, limit=1000) if "_ShardStage" in a["class_name"]]
+# An actor Ray Data asked for but never placed has no node.
+actors = [a for a in ray.util.state.list_actors(detail=True, limit=1000)
+          if "_ShardStage" in a["class_name"] and a["node_id"]]
 print(json.dumps({"rc": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:],
                   "actor_nodes": sorted({a["node_id"] for a in actors})}))
 ray.shutdown()
