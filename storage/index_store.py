@@ -263,9 +263,10 @@ class IndexStore:
         where = region_search.where_clause(filters)
         if filters and filters.get("image_ids") is not None and not list(filters["image_ids"]):
             return []
-        settings = None if exact else self._search_settings()
+        version = self._regions.version  # one round trip serves the settings and the snapshot
+        settings = None if exact else self._search_settings(version)
         return region_search.search_images(self._regions, self._images, query, k=k, oversample=oversample,
-                                           where=where, settings=settings, uris=self._uris)
+                                           where=where, settings=settings, uris=self._uris, version=version)
 
     def image(self, image_id: str) -> dict | None:
         rows_ = self._where(self._images, f"image_id = {sql_string(image_id)}").to_pylist()
@@ -319,10 +320,9 @@ class IndexStore:
         if missing:
             self._images.add_columns(missing)
 
-    def _search_settings(self) -> vector_index.SearchSettings | None:
+    def _search_settings(self, version: int) -> vector_index.SearchSettings | None:
         # Listing the indexes and reading the recorded parameters are two round trips; the table
         # version is one, and they change only with it.
-        version = self._regions.version
         state = self._search_state
         if state is None or state[0] != version:
             index = vector_index.find_vector_index(self._regions)

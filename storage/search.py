@@ -17,7 +17,7 @@ from maskdex.storage import vector_index
 from maskdex.storage.tables import sql_strings
 
 FILTER_KEYS = ("min_area", "max_area", "image_ids")
-_REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox"]  # and _distance, which a nearest query adds
+_REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]  # Lance warns unless _distance is named
 # How much to widen the candidate rows when they cover fewer than k images.
 _WIDEN = 4
 
@@ -69,14 +69,18 @@ class UriCache:
 
 
 def search_images(regions, images, query: np.ndarray, *, k: int, oversample: int, where: str | None,
-                  settings: vector_index.SearchSettings | None, uris: UriCache | None = None) -> list[dict]:
-    """Top k images for a unit query vector. settings=None searches exactly (no vector index)."""
+                  settings: vector_index.SearchSettings | None, uris: UriCache | None = None,
+                  version: int | None = None) -> list[dict]:
+    """Top k images for a unit query vector. settings=None searches exactly (no vector index).
+    version: the regions table's version where the caller has just asked for it (one round trip
+    fewer); by default the table is asked."""
     uris = uris or UriCache(0)
+    dataset = _SNAPSHOTS.of(regions, regions.version if version is None else version)
     limit = k * oversample
     while True:
         # Probe adaptively when a filter or a widened limit may need rows beyond nprobes partitions.
         adaptive = where is not None or limit > k * oversample
-        hits = _nearest_regions(regions, query, limit, where, settings, adaptive)
+        hits = _nearest_regions(dataset, query, limit, where, settings, adaptive)
         best = list(_best_region_per_image(hits).items())
         results = []
         # Look the uris up k images at a time: a region whose image has no images row (left by a
@@ -93,7 +97,7 @@ def search_images(regions, images, query: np.ndarray, *, k: int, oversample: int
         limit *= _WIDEN
 
 
-def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None,
+def _nearest_regions(dataset, query: np.ndarray, limit: int, where: str | None,
                      settings: vector_index.SearchSettings | None, adaptive: bool) -> pa.Table:
     nearest = {"column": vector_index.VECTOR_COLUMN, "q": query, "k": limit, "metric": vector_index.METRIC}
     if settings is None:
@@ -112,8 +116,7 @@ def _nearest_regions(regions, query: np.ndarray, limit: int, where: str | None,
             nearest["search_effort"] = 0.0  # start at the minimum (Lance's default starts half way to all)
         else:
             nearest["nprobes"] = settings.nprobes
-    return _SNAPSHOTS.of(regions).to_table(columns=_REGION_COLUMNS, nearest=nearest, filter=where,
-                                           prefilter=where is not None)
+    return dataset.to_table(columns=_REGION_COLUMNS, nearest=nearest, filter=where, prefilter=where is not None)
 
 
 class _Snapshots:
@@ -127,8 +130,7 @@ class _Snapshots:
         self._datasets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def of(self, table):
-        version = table.version
+    def of(self, table, version: int):
         with self._lock:
             dataset = self._datasets.get(table)
         if dataset is None:

@@ -154,5 +154,5 @@ def test_a_reader_sees_new_commits_and_new_indexes_within_a_second(store, tmp_pa
     time.sleep(1.0)
     found = reader.search(query, k=5)
     assert found[0]["image_id"] == image_id(9000) and found[0]["uri"] == "file:///synthetic/00009000.jpg"
-    assert reader._search_settings() is not None  # the new vector index is used
+    assert reader._search_settings(reader._regions.version) is not None  # the new vector index is used
     assert len({r["image_id"] for r in found} & set(exact_image_ranking(reader, query, 5))) >= 4
