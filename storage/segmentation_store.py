@@ -27,6 +27,13 @@ from maskdex.storage.tables import sql_string, sql_strings
 
 _READ_CONSISTENCY = timedelta(0)  # a service reading results must see a job's commits at once
 _ID_CHUNK = 1000
+# Commits between tidies. A commit's duplicate check reads every fragment written since the last one
+# (the image_id index covers the rest), so without them a job slows as it goes: 11 ms a commit at
+# the first, 160 ms at the 800th, measured on this machine with 16 rows a commit.
+_TIDY_EVERY = 64
+# The size up to which a tidy merges small fragments; larger ones are left alone, so a row is
+# rewritten a few times at most however long the job (Lance's default target is a million rows).
+_MERGED_ROWS = 4096
 _RESULT_FIELDS = ("width", "height", "labels_png", "pixel_fractions")
 
 
@@ -65,6 +72,7 @@ class SegmentationStore:
     def __init__(self, uri: str, table):
         self.uri = uri
         self._table = table
+        self._commits = 0
 
     @classmethod
     def open(cls, uri: str, *, create: bool = True) -> SegmentationStore:
@@ -115,15 +123,21 @@ class SegmentationStore:
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as error:
             raise ValueError(f"segmentations batch does not fit the table: {error}") from error
         self._table.add(table)
+        self._commits += 1
+        if self._commits % _TIDY_EVERY == 0:
+            self.tidy()
         return table.num_rows
 
     def forget_failed(self, key: SegmentationKey) -> int:
         """Delete the key's failed rows, so that a re-run retries those images."""
         return self._table.delete(f"{key.where()} AND status = 'failed'").num_deleted_rows
 
-    def optimize(self) -> None:
-        """Compact the small fragments that per-batch commits leave."""
-        self._table.optimize()
+    def tidy(self) -> None:
+        """Merge the small fragments that per-batch commits leave (up to _MERGED_ROWS rows each) and
+        add their rows to the image_id index. Run every _TIDY_EVERY commits and at a job's end."""
+        dataset = self._table.to_lance()
+        dataset.optimize.compact_files(target_rows_per_fragment=_MERGED_ROWS)
+        dataset.checkout_version(dataset.latest_version).optimize.optimize_indices()
 
     # Reading
 

@@ -156,7 +156,7 @@ def run_segment_index(db: str, request: SegmentRequest, selection: Selection = S
                     summary.failed += 1
                     summary.failures.append((row["uri"], row["error"]))
             progress.advance(len(rows))
-        store.optimize()
+        store.tidy()
     summary.seconds = time.perf_counter() - started
     return summary
 

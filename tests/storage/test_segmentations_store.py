@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import lance
 import pytest
 
+from maskdex.storage import segmentation_store
 from maskdex.storage.segmentation_store import SegmentationKey, SegmentationStore
 
 KEY = SegmentationKey("scenes", ("sky", "grass"), "patch", "tiny(test)", seed=0)
@@ -39,6 +41,21 @@ def test_rows_of_a_key_are_written_once(tmp_path):
     assert store.forget_failed(KEY) == 1
     assert store.done_image_ids(KEY) == {"a", "c"}
     assert store.count() == 3
+
+
+def test_commits_merge_their_fragments_as_they_go_and_keep_every_row_once(tmp_path):
+    store = SegmentationStore.open(str(tmp_path / "db"))
+    commits = 2 * segmentation_store._TIDY_EVERY + 3
+    for number in range(commits):
+        # Each batch repeats the previous batch's last image, which must be skipped, merged or not.
+        assert store.commit(KEY, [ok(f"{number:04d}-{i}") for i in range(4)] + [ok(f"{number - 1:04d}-3")]) \
+            == (5 if number == 0 else 4)
+    dataset = lance.dataset(f"{tmp_path}/db/segmentations.lance")
+    # Two tidies merged the first 128 commits' fragments; the last 3 commits are still their own.
+    assert len(dataset.get_fragments()) <= 3 + 2
+    # The duplicate check finds the merged rows through the image_id index, not by reading them.
+    assert dataset.stats.index_stats("image_id_idx")["num_unindexed_rows"] == 4 * 3
+    assert store.count() == len(store.done_image_ids(KEY)) == 4 * commits + 1
 
 
 def test_a_bad_row_writes_nothing(tmp_path):
