@@ -13,6 +13,7 @@ whole batches or nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from lancedb.index import BTree
 from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
 from maskdex.storage.tables import sql_string, sql_strings
 
+log = logging.getLogger(__name__)
 _READ_CONSISTENCY = timedelta(0)  # a service reading results must see a job's commits at once
 _ID_CHUNK = 1000
 # Commits between tidies. A commit's duplicate check reads every fragment written since the last one
@@ -125,7 +127,10 @@ class SegmentationStore:
         self._table.add(table)
         self._commits += 1
         if self._commits % _TIDY_EVERY == 0:
-            self.tidy()
+            try:
+                self.tidy()
+            except (OSError, RuntimeError) as error:  # e.g. another job's tidy of the table won the commit
+                log.warning("could not tidy the segmentations table (the next tidy will): %s", error)
         return table.num_rows
 
     def forget_failed(self, key: SegmentationKey) -> int:
