@@ -33,9 +33,11 @@ import ray
 import ray.util.state
 from ray.cluster_utils import Cluster
 data, out, maskdex = sys.argv[1:4]
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
+# Logical CPUs to spare on both nodes: with two each, the support stage's actors and Ray Data's tasks
+# could hold a node's slots while the shard actors were placed, and one shard actor never was.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": True,
                                                         "dashboard_host": "127.0.0.1"})
-cluster.add_node(num_cpus=2)
+cluster.add_node(num_cpus=4)
 cluster.wait_for_nodes()
 done = subprocess.run([maskdex, "eval", "segmentation", "--data", data, "--dataset", "folder",
                        "--methods", "zero-shot,rns,knn", "--shots", "1,2", "--seeds", "0,1", "--out", out,
