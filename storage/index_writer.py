@@ -32,18 +32,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 
 from maskdex.storage.digests import DigestSet, image_key
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.vector_index import MAX_UNINDEXED_ROWS
 from maskdex.storage.region_fragments import RegionFragments
+from maskdex.storage.tables import KEEP_VERSIONS_FOR
 
-# Versions a tidy during a run keeps: a reader that opened one of them a moment ago can finish its
-# query (readers look for a newer one every 0.5 s). Older ones pin the files that merges replaced:
-# at 60 MB/s of regions, every minute kept is 3.6 GB of disk (a 200k-image run peaked at 3x its
-# table size with 5 minutes kept and no cleanup while a training ran).
-KEEP_VERSIONS_FOR = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)

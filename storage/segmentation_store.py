@@ -15,19 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import lancedb
 import pyarrow as pa
 from lancedb.index import BTree
 
 from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
-from maskdex.storage.tables import sql_string, sql_strings
+from maskdex.storage.tables import KEEP_VERSIONS_FOR, READ_CONSISTENCY, chunks, sql_string, sql_strings
 
 log = logging.getLogger(__name__)
-_READ_CONSISTENCY = timedelta(0)  # a service reading results must see a job's commits at once
 _ID_CHUNK = 1000
 # Commits between tidies. A commit's duplicate check reads every fragment written since the last one
 # (the image_id index covers the rest), so without them a job slows as it goes: 11 ms a commit at
@@ -82,7 +80,7 @@ class SegmentationStore:
         Without create, a database without one is a FileNotFoundError."""
         if not create and "://" not in uri and not os.path.isdir(uri):
             raise FileNotFoundError(f"no segmentations at {uri}: there is no such folder")
-        db = lancedb.connect(uri, read_consistency_interval=_READ_CONSISTENCY)
+        db = lancedb.connect(uri, read_consistency_interval=READ_CONSISTENCY)
         if SEGMENTATIONS in db:
             table = db.open_table(SEGMENTATIONS)
             if (table.schema.metadata or {}).get(TABLE_KEY) != SEGMENTATIONS.encode():
@@ -110,7 +108,7 @@ class SegmentationStore:
         for index, row in enumerate(rows):
             _check_row(index, row, key)
             kept.setdefault(row["image_id"], row)
-        for chunk in _chunks(list(kept), _ID_CHUNK):
+        for chunk in chunks(list(kept), _ID_CHUNK):
             stored = self._where(f"{key.where()} AND image_id IN {sql_strings(chunk)}", ["image_id"])
             for image_id in stored["image_id"].to_pylist():
                 kept.pop(image_id, None)
@@ -139,10 +137,13 @@ class SegmentationStore:
 
     def tidy(self) -> None:
         """Merge the small fragments that per-batch commits leave (up to _MERGED_ROWS rows each) and
-        add their rows to the image_id index. Run every _TIDY_EVERY commits and at a job's end."""
+        add their rows to the image_id index, then drop versions older than KEEP_VERSIONS_FOR, which
+        pin the files the merges replaced. Run every _TIDY_EVERY commits and at a job's end."""
         dataset = self._table.to_lance()
         dataset.optimize.compact_files(target_rows_per_fragment=_MERGED_ROWS)
-        dataset.checkout_version(dataset.latest_version).optimize.optimize_indices()
+        dataset = dataset.checkout_version(dataset.latest_version)
+        dataset.optimize.optimize_indices()
+        dataset.cleanup_old_versions(older_than=KEEP_VERSIONS_FOR)
 
     # Reading
 
@@ -196,8 +197,3 @@ def _check_row(index: int, row: dict, key: SegmentationKey) -> None:
         raise ValueError(f"{where}: status 'ok' with an error ({row['error']!r})")
     if len(row["pixel_fractions"]) != len(key.classes):
         raise ValueError(f"{where}: {len(row['pixel_fractions'])} pixel fractions for {len(key.classes)} classes")
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

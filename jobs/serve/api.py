@@ -74,8 +74,8 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 
 class _RecordMetrics:
     """Counts every request and its latency by route. A plain ASGI middleware: Starlette's
-    @app.middleware("http") runs each request in a task of its own, behind memory streams, which
-    costs more than a small search's whole lookup."""
+    @app.middleware("http") runs each request in a task of its own, behind memory streams, about
+    0.25 ms more per request on this machine (benchmarks/api_middleware.py)."""
 
     def __init__(self, app):
         self.app = app
