@@ -1,19 +1,23 @@
 """segment-index throughput: the Ray Data job against the same calls in a plain loop in one process.
 
-    python -m benchmarks.segment_index [--images 24] [--repeats 3] [--models tiny] [--batch-size 8] [--actors N]
+    python -m benchmarks.segment_index [--images 24] [--repeats 3] [--models tiny] [--batch-size 16] [--actors N]
+                                       [--runs loop,single,job]
 
 The corpus (the sample photos, turned, mirrored and trimmed so that no two share bytes) is indexed once,
 untimed, with a support set of synthetic scenes beside it. In patch mode, which reads nothing of the
 index but its images rows, those rows are recorded directly, without the models (--index-with-models
-runs the index job instead). Then, after one untimed warm-up loop, every repeat segments all of it
-three ways, each into its own key of the segmentations table (another seed), so none skips work:
+runs the index job instead). Then, after an untimed warm-up loop over a few batches, every repeat segments all
+of it up to three ways (--runs), each into its own key of the segmentations table (another seed), so
+none skips work:
 - plain loop: one Segmenter in this process; batches of --batch-size images through the job's own
   per-batch call (load, check, RNS with the heads trained together, PNG), committed as the job does;
 - plain loop, one image at a time: Segmenter.segment per image (what `maskdex segment` does), for
   what batching the heads is worth;
-- Ray Data job: run_segment_index with --actors actors of one thread each.
+- Ray Data job: run_segment_index with --actors actors of one thread each. Its start-up (until the
+  first results reach the writer: starting the actor processes, whose imports of torch, open_clip and
+  LanceDB take about 10 s on a small CPU) is printed apart, with its rate after it.
 All include building the models. The loops give torch every core. Prints medians and the ratio
-job / loop (images per second).
+job / loop (images per second): the start-up is a fixed cost, so the ratio grows with --images.
 """
 
 from __future__ import annotations
@@ -80,14 +84,15 @@ def _register(files: list[str], db: str, models: str) -> None:
     store.commit(rows, [])
 
 
-def _loop(db: str, request: SegmentRequest, settings: SegmentIndexSettings, *, batched: bool) -> float:
+def _loop(db: str, request: SegmentRequest, settings: SegmentIndexSettings, *, batched: bool,
+          limit: int | None = None) -> float:
     started = time.perf_counter()
     torch_threads(os.cpu_count() or 1)
     key = segmentation_key(db, request, settings.segment)
     request = replace(request, classes=key.classes)
     items = [{"image_id": image_id, "uri": uri}
              for image_id, uri in sorted(IndexStore.open(db, models=None, embed_dim=None, read_only=True)
-                                         .image_uris().items())]
+                                         .image_uris().items())][:limit]
     store = SegmentationStore.open(db)
     segmenter = Segmenter(db, settings.segment)
     rows = []
@@ -123,7 +128,9 @@ def main() -> None:
     parser.add_argument("--models", default="tiny")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mode", default="patch", choices=("patch", "region"))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=SegmentIndexSettings().actors.batch_size)
+    parser.add_argument("--runs", type=_runs, default=RUNS,
+                        help=f"which of {','.join(RUNS)} to time (the ratios need loop and job, or loop and single)")
     parser.add_argument("--actors", type=int, default=None, help="job actors (default: one per CPU, or per GPU)")
     parser.add_argument("--index-with-models", action="store_true",
                         help="patch mode: index the corpus with the index job instead of recording its images rows")
@@ -149,30 +156,55 @@ def main() -> None:
         add_scenes(Segmenter(db, segment, create=True), "scenes", per_class=2, seed=0)
         # Untimed: the first segmentation in a process pays one-time costs (lazy imports, allocator
         # growth, the page cache) that measured up to 10x a warm loop and would land on whichever run came first.
-        _loop(db, SegmentRequest("scenes", mode=args.mode, seed=10_000), settings, batched=True)
-        loop_s, single_s, job_s = [], [], []
+        _loop(db, SegmentRequest("scenes", mode=args.mode, seed=10_000), settings, batched=True,
+              limit=4 * args.batch_size)
+        times: dict[str, list[float]] = {run: [] for run in args.runs}
+        startup_s = []
         for repeat in range(args.repeats):
             def request(run: int) -> SegmentRequest:
                 return SegmentRequest("scenes", mode=args.mode, seed=3 * repeat + run)
 
-            loop_s.append(_loop(db, request(0), settings, batched=True))
-            single_s.append(_loop(db, request(1), settings, batched=False))
-            started = time.perf_counter()
-            summary = run_segment_index(db, request(2), Selection(), settings)
-            job_s.append(time.perf_counter() - started)
-            assert summary.ok == len(files), summary.render()
-    loop, single, job = (statistics.median(times) for times in (loop_s, single_s, job_s))
+            if "loop" in times:
+                times["loop"].append(_loop(db, request(0), settings, batched=True))
+            if "single" in times:
+                times["single"].append(_loop(db, request(1), settings, batched=False))
+            if "job" in times:
+                started = time.perf_counter()
+                summary = run_segment_index(db, request(2), Selection(), settings)
+                times["job"].append(time.perf_counter() - started)
+                startup_s.append(summary.startup_seconds)
+                assert summary.ok == len(files), summary.render()
+    median = {run: statistics.median(seconds) for run, seconds in times.items()}
     device = f"{gpus} GPUs" if gpus else f"{os.cpu_count()} CPUs"
     print(f"preset {get_preset(args.models).name}, {len(files)} images, {args.mode} mode, {device}, median of "
           f"{args.repeats}; heads trained {args.batch_size} at a time; job actors: {actors}")
-    print(f"| {'run':34s} | {'seconds':>8s} | {'images / s':>10s} |")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|")
-    print(f"| {'plain loop, batched (baseline)':34s} | {loop:8.1f} | {len(files) / loop:10.2f} |")
-    print(f"| {'plain loop, one image at a time':34s} | {single:8.1f} | {len(files) / single:10.2f} |")
-    print(f"| {'Ray Data job':34s} | {job:8.1f} | {len(files) / job:10.2f} |")
-    print(f"ratio job / loop (images per second): {loop / job:.2f}")
-    print(f"ratio batched / one at a time (loop): {single / loop:.2f}")
+    print(f"| {'run':38s} | {'seconds':>8s} | {'images / s':>10s} |")
+    print(f"|{'-' * 40}|{'-' * 10}|{'-' * 12}|")
+    names = {"loop": "plain loop, batched (baseline)", "single": "plain loop, one image at a time",
+             "job": "Ray Data job"}
+    for run, seconds in median.items():
+        print(f"| {names[run]:38s} | {seconds:8.1f} | {len(files) / seconds:10.2f} |")
+        if run == "job":
+            startup = statistics.median(startup_s)
+            print(f"| {'  of which start-up (to first results)':38s} | {startup:8.1f} | {'':10s} |")
+            print(f"| {'  after the start-up':38s} | {seconds - startup:8.1f} | {len(files) / (seconds - startup):10.2f} |")
+    if "loop" in median and "job" in median:
+        print(f"ratio job / loop (images per second): {median['loop'] / median['job']:.2f}; after the job's "
+              f"start-up: {median['loop'] / (median['job'] - statistics.median(startup_s)):.2f}")
+    if "loop" in median and "single" in median:
+        print(f"ratio batched / one at a time (loop): {median['single'] / median['loop']:.2f}")
     ray.shutdown()
+
+
+RUNS = ("loop", "single", "job")
+
+
+def _runs(text: str) -> tuple[str, ...]:
+    runs = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in runs if name not in RUNS]
+    if unknown or not runs:
+        raise argparse.ArgumentTypeError(f"--runs takes some of {','.join(RUNS)}, got {text!r}")
+    return runs
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def add_parsers(commands) -> None:
     corpus.add_argument("--seed", type=int, default=0, help="seed of the per-image classifiers' initialisation")
     _models_and_cluster(corpus)
     corpus.add_argument("--actors", type=positive_int, default=1, help="most segmenter actors (default 1)")
-    corpus.add_argument("--batch-size", type=positive_int, default=8,
-                        help="images per actor call, whose classifiers train together (default 8)")
+    corpus.add_argument("--batch-size", type=positive_int, default=16,
+                        help="images per actor call, whose classifiers train together (default 16)")
     corpus.add_argument("--commit-every", type=positive_int, default=16, help="results per commit (default 16)")
     corpus.add_argument("--retry-failed", action="store_true", help="segment again the images that failed before")
     corpus.add_argument("--json", action="store_true", help="print the summary as JSON")
