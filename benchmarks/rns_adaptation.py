@@ -8,7 +8,8 @@ The time splits into retrieval (k-NN search plus building the fused and pseudo r
 (700 full-batch AdamW steps) and prediction (softmax per patch, bilinear upsampling, argmax).
 Training is timed twice on the same rows, interleaved: the plain reference (autograd and
 torch.optim.AdamW, maskdex's implementation before the fast path) and train_heads, with their ratio,
-the time per step, and how far apart their probabilities and labels are. The last column trains a
+the time per step, how far apart their probabilities are, and how many pixels of the repeats' label maps
+differ (a patch whose two best classes tie to float rounding can flip). The last column trains a
 stack of images at once (ms per image). Prints a table of medians over repeats; asserts nothing.
 
     python -m benchmarks.rns_adaptation [--repeats 3] [--device cpu] [--shots 20 100] [--threads N] [--batch 8]
@@ -73,7 +74,7 @@ def measure(n_classes: int, shots: int, repeats: int, device: torch.device, batc
             settings: RNSSettings) -> dict:
     """Medians over repeats; the reference (old) and the fast (new) training run interleaved on the same rows."""
     times = {"retrieval": [], "old": [], "new": [], "prediction": [], "batched": []}
-    worst, labels_equal = 0.0, True
+    worst, differing = 0.0, 0
     for repeat in range(repeats):
         units, memory, text = synthetic_problem(n_classes, shots, repeat, device)
         _synchronise(device)
@@ -95,7 +96,7 @@ def measure(n_classes: int, shots: int, repeats: int, device: torch.device, batc
         times["prediction"].append(time.perf_counter() - start)
         old = head_probabilities(heads["old"][0][0], heads["old"][1][0], units.features)
         worst = max(worst, (old - probabilities).abs().max().item())
-        labels_equal &= torch.equal(units.labels(old), units.labels(probabilities))
+        differing += int((units.labels(old) != units.labels(probabilities)).sum())
         if batch > 1:
             many = stack_training_sets([training.training_set] * batch)
             start = time.perf_counter()
@@ -104,7 +105,7 @@ def measure(n_classes: int, shots: int, repeats: int, device: torch.device, batc
             times["batched"].append((time.perf_counter() - start) / batch)
     row = {name: 1000 * statistics.median(values) for name, values in times.items() if values}
     row.update(classes=n_classes, memory=len(memory), retrieved=training.n_retrieved,
-               rows=int(training.training_set.features.shape[0]), worst=worst, labels_equal=labels_equal)
+               rows=int(training.training_set.features.shape[0]), worst=worst, differing=differing)
     return row
 
 
@@ -131,7 +132,7 @@ def main() -> None:
           f"max |dp| = largest difference of their per-patch probabilities")
     header = f"{'classes':>7} {'shots':>5} {'memory':>6} {'|V_r|':>6} {'rows':>5} {'retrieval':>9} " \
              f"{'train old':>9} {'train new':>9} {'new/old':>7} {'us/step':>7} {'prediction':>10} {'total':>7} " \
-             f"{'max |dp|':>8} {'labels':>6}"
+             f"{'max |dp|':>8} {'px differ':>9}"
     if args.batch > 1:
         header += f" {'train new, batch of ' + str(args.batch):>23}"
     print(header)
@@ -142,7 +143,7 @@ def main() -> None:
         line = (f"{row['classes']:>7} {shots:>5} {row['memory']:>6} {row['retrieved']:>6} {row['rows']:>5} "
                 f"{row['retrieval']:>9.1f} {row['old']:>9.1f} {row['new']:>9.1f} {row['new'] / row['old']:>7.2f} "
                 f"{per_step:>7.0f} {row['prediction']:>10.1f} {total:>7.1f} {row['worst']:>8.1e} "
-                f"{'same' if row['labels_equal'] else 'DIFFER':>6}")
+                f"{row['differing']:>9}")
         if args.batch > 1:
             line += f" {row['batched']:>23.1f}"
         print(line, flush=True)

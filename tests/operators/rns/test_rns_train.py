@@ -17,6 +17,7 @@ from maskdex.operators.rns.train import (
     stack_training_sets,
     train_heads,
 )
+from maskdex.operators.rns.train import _OneDnnProducts
 
 RELEVANCE = torch.tensor([0.25, 0.75])
 # One retrieved row (class 0), one fused row (class 1, factor 1.5), one pseudo row (soft target, factor 0.2).
@@ -213,3 +214,23 @@ def test_fast_training_equals_the_reference_implementation():
         assert torch.equal(new.argmax(dim=1), old.argmax(dim=1))
     torch.testing.assert_close(fast[0], reference[0], atol=2e-6, rtol=0)
     assert (fast[0] - init_heads(2, 12, 64, [3, 4])[0]).abs().max() > 0.1  # it did train
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_one_large_image_trains_through_onednn_as_the_reference_does():
+    generator = torch.Generator().manual_seed(5)
+    rows, classes, dim = 200, 60, 32  # rows x classes from MIN_LOGITS: the products go through oneDNN
+    assert rows * classes >= _OneDnnProducts.MIN_LOGITS
+    labels = torch.randint(0, classes, (rows,), generator=generator)
+    features = torch.nn.functional.normalize(torch.randn(classes, dim, generator=generator)[labels]
+                                             + 0.5 * torch.randn(rows, dim, generator=generator), dim=-1)
+    training = TrainingSet(features, torch.nn.functional.one_hot(labels, classes).float(),
+                           row_weights(labels, torch.ones(rows), torch.ones(classes) / classes))
+    kwargs = dict(steps=100, lr=1e-3, weight_decay=1e-4)
+    alone = train_heads(stack_training_sets([training]), seeds=9, **kwargs)
+    reference = reference_train_heads(stack_training_sets([training]), seeds=9, **kwargs)
+    stacked = train_heads(stack_training_sets([training, training]), seeds=[9, 9], **kwargs)  # MKL's bmm
+    for other in (reference, (stacked[0][:1], stacked[1][:1])):
+        torch.testing.assert_close(alone[0], other[0], atol=2e-6, rtol=0)
+        torch.testing.assert_close(alone[1], other[1], atol=2e-6, rtol=0)
+    assert (alone[0] - init_heads(1, classes, dim, [9])[0]).abs().max() > 0.05  # it did train
