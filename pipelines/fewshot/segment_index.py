@@ -57,7 +57,7 @@ class SegmentIndexSettings:
     segment: SegmentSettings = SegmentSettings()
     # batch_size: images per actor call, whose heads train together (more fills a GPU better). On a
     # CPU a batch of 8 is about 0.1 s of work, short enough that Ray Data's cost per task kept the
-    # actors waiting: 16 gave the job 15% more images/s (benchmarks/segment_index.py).
+    # actors waiting: 16 gave the started job 15-20% more images/s (benchmarks/segment_index.py).
     actors: StageResources = StageResources(max_actors=1, num_cpus=1.0, batch_size=16)
     commit_every: int = 16  # rows per commit: fewer commits against less work lost to a kill
     retry_failed: bool = False
@@ -93,10 +93,10 @@ class SegmentIndexSummary:
                 "failures": [{"uri": uri, "error": error} for uri, error in self.failures]}
 
     def render(self) -> str:
+        started = f"; first results after {self.startup_seconds:.1f}s" if self.startup_seconds else ""
         lines = [f"segmented {self.ok + self.failed} of {self.selected} images ({self.selection}) with set "
                  f"{self.key.set_name!r} in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
-                 f"  ok {self.ok}, failed {self.failed}, already segmented {self.skipped}; first results after "
-                 f"{self.startup_seconds:.1f}s",
+                 f"  ok {self.ok}, failed {self.failed}, already segmented {self.skipped}{started}",
                  f"  classes {', '.join(self.key.classes)}; mode {self.key.mode}; seed {self.key.seed}"]
         lines += [f"  failed: {uri}: {error}" for uri, error in self.failures[:20]]
         if len(self.failures) > 20:
