@@ -175,7 +175,6 @@ def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path,
     request = SegmentRequest("scenes", ("sky", "grass", "brick", "sand"))
     summary = run_segment_index(db, request, Selection(), settings)
     assert (summary.ok, summary.failed) == (2, 2)
-    assert 0 < summary.startup_seconds <= summary.seconds  # until the first results reached the writer
     store = SegmentationStore.open(db, create=False)
     rows = {row["uri"]: row for row in store.rows(summary.key)}
     assert rows[str(gone)]["status"] == "failed" and "cannot read image" in rows[str(gone)]["error"]
@@ -188,7 +187,6 @@ def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path,
     changed.write_bytes(original)
     again = run_segment_index(db, request, Selection(), settings)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 4)
-    assert again.startup_seconds == 0 and "first results" not in again.render()  # no job ran
     retried = run_segment_index(db, request, Selection(), SegmentIndexSettings(segment=SEGMENT_SETTINGS,
                                                                                retry_failed=True))
     assert (retried.ok, retried.failed, retried.skipped) == (2, 0, 2)
