@@ -40,7 +40,6 @@ from maskdex.storage.region_fragments import RegionFragments
 from maskdex.storage.tables import KEEP_VERSIONS_FOR
 
 
-
 @dataclass(frozen=True)
 class CommitPolicy:
     commit_images: int = 4096

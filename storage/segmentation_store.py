@@ -18,12 +18,11 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import lancedb
 import pyarrow as pa
 from lancedb.index import BTree
 
 from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
-from maskdex.storage.tables import KEEP_VERSIONS_FOR, READ_CONSISTENCY, chunks, sql_string, sql_strings
+from maskdex.storage.tables import KEEP_VERSIONS_FOR, chunks, connect, select, sql_string, sql_strings
 
 log = logging.getLogger(__name__)
 _ID_CHUNK = 1000
@@ -80,7 +79,7 @@ class SegmentationStore:
         Without create, a database without one is a FileNotFoundError."""
         if not create and "://" not in uri and not os.path.isdir(uri):
             raise FileNotFoundError(f"no segmentations at {uri}: there is no such folder")
-        db = lancedb.connect(uri, read_consistency_interval=READ_CONSISTENCY)
+        db = connect(uri)
         if SEGMENTATIONS in db:
             table = db.open_table(SEGMENTATIONS)
             if (table.schema.metadata or {}).get(TABLE_KEY) != SEGMENTATIONS.encode():
@@ -97,7 +96,7 @@ class SegmentationStore:
 
     def done_image_ids(self, key: SegmentationKey) -> set[str]:
         """The images that have a row for this key (ok or failed)."""
-        return set(self._where(key.where(), ["image_id"])["image_id"].to_pylist())
+        return set(select(self._table, key.where(), ["image_id"])["image_id"].to_pylist())
 
     def commit(self, key: SegmentationKey, rows: list[dict]) -> int:
         """Write a batch of rows of one key: each {image_id, uri, status, and error when failed, or
@@ -109,7 +108,7 @@ class SegmentationStore:
             _check_row(index, row, key)
             kept.setdefault(row["image_id"], row)
         for chunk in chunks(list(kept), _ID_CHUNK):
-            stored = self._where(f"{key.where()} AND image_id IN {sql_strings(chunk)}", ["image_id"])
+            stored = select(self._table, f"{key.where()} AND image_id IN {sql_strings(chunk)}", ["image_id"])
             for image_id in stored["image_id"].to_pylist():
                 kept.pop(image_id, None)
         if not kept:
@@ -148,7 +147,7 @@ class SegmentationStore:
     # Reading
 
     def rows(self, key: SegmentationKey) -> list[dict]:
-        return self._where(key.where()).to_pylist()
+        return select(self._table, key.where()).to_pylist()
 
     def find(self, image_id: str, *, set_name: str | None = None, classes: list[str] | None = None,
              mode: str | None = None, models: str | None = None) -> list[dict]:
@@ -162,19 +161,11 @@ class SegmentationStore:
             clauses.append(f"mode = {sql_string(mode)}")
         if models is not None:
             clauses.append(f"models = {sql_string(models)}")
-        found = self._where(" AND ".join(clauses)).to_pylist()
+        found = select(self._table, " AND ".join(clauses)).to_pylist()
         return sorted(found, key=lambda row: row["segmented_at"], reverse=True)
 
     def count(self, key: SegmentationKey | None = None) -> int:
         return self._table.count_rows(key.where() if key else None)
-
-    def _where(self, where: str | None, columns: list[str] | None = None) -> pa.Table:
-        query = self._table.search()
-        if where:
-            query = query.where(where)
-        if columns:
-            query = query.select(columns)
-        return query.limit(None).to_arrow()
 
 
 def _check_row(index: int, row: dict, key: SegmentationKey) -> None:
