@@ -123,12 +123,13 @@ def train_heads(batch: TrainingBatch, *, steps: int, lr: float, weight_decay: fl
     deterministic for given seeds and equals reference_train_heads (torch.optim.AdamW on autograd's
     gradient) up to float rounding.
 
-    The problem is tiny (a few hundred rows, C x (D + 1) parameters per image), so each step's cost is
-    per-operation overhead, not arithmetic: the gradient is written out instead of taken by autograd
+    The problem is tiny (a few hundred rows, C x (D + 1) parameters per image), so with few classes a
+    step's cost is per-operation overhead: the gradient is written out instead of taken by autograd
     (dL/dz_i = w_i / N * (softmax(z_i) * sum(target_i) - target_i)), weight and bias are one flat
     parameter against inputs with a column of ones, the AdamW step is PyTorch's fused kernel over
     preallocated buffers, and tiny gradients are flushed to zero instead of going through slow
-    denormal arithmetic.
+    denormal arithmetic. With many classes the two matrix products are most of a step; for one image
+    on the CPU they go through oneDNN (_OneDnnProducts).
     """
     weight, bias = _initial_heads(batch, steps, seeds, init, initial)
     features, device, dtype = batch.features, batch.features.device, batch.features.dtype
@@ -136,7 +137,7 @@ def train_heads(batch: TrainingBatch, *, steps: int, lr: float, weight_decay: fl
     n_classes = weight.shape[1]
     beta1, beta2 = betas
     with torch.no_grad(), _flushing_denormals(device):
-        # One parameter [W | b] per image against inputs [x | 1], so one bmm gives logits and one both gradients.
+        # One parameter [W | b] per image against inputs [x | 1], so one product gives logits and one both gradients.
         inputs = features.new_ones(n_images, n_rows, dim + 1)
         inputs[..., :dim] = features
         params = features.new_empty(n_images, n_classes, dim + 1)
