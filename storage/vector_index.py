@@ -3,9 +3,11 @@
 IVF_PQ with the cosine metric. Region embeddings are unit length, so cosine ranks exactly as the
 inner product the search promises; Lance trains IVF partitions on "dot" worse than on "cosine"
 (recall@10 0.93 against 0.96 at the same probes on clustered unit vectors). IVF_PQ rather than
-IVF_HNSW_SQ because it trains in minutes on a few cores at millions of rows (HNSW took 2.5x as
-long at 100k); its coarse PQ distances are made exact again by re-scoring the candidates on the
-stored vectors (refine_factor). benchmarks/search_latency.py compares the two (and the search
+IVF_HNSW_SQ because it trains 5x faster (70 s against 360 s at 1M x 768 on 2 cores), which an index
+run's retraining needs, and searches faster at the recall aim (21 against 27-32 ms at 1M); its
+coarse PQ distances are made exact again by re-scoring the candidates on the stored vectors
+(refine_factor). float32 rather than float16 vectors: float16 searched no faster and trained 7.6x
+slower on a CPU without float16 arithmetic. benchmarks/search_latency.py compares them (and the search
 settings below) at 100k and 1M regions; the README has its table.
 
 The parameters an index was trained with are recorded in the metadata of the regions.embedding
