@@ -2,6 +2,7 @@
 
     python -m benchmarks.store_scale [--images 20000] [--baseline-images 4000] [--regions 20] [--dim 768]
                                      [--resume-images 10000] [--workers 2] [--no-row-path]
+                                     [--run-partitions 256,0]
 
 1. Writes: what run_index does with each image minus the models, for --images synthetic images of
    --regions regions of --dim dims, twice in one process: the fragment path (Ray tasks, --workers at
@@ -12,7 +13,10 @@
    trainings on their own thread). As the baseline, the old path (IndexStore.commit every 16
    images, nothing compacted) for --baseline-images. For each tenth of a run: images committed
    per second, and the p50 of a few searches issued from a second, read-only store during that
-   tenth (their time is not counted as write time). Then search p50 after the run.
+   tenth (their time is not counted as write time). Then search p50 after the run and the job's
+   closing upkeep (IndexStore.maybe_build_index: a retraining to sqrt(rows) partitions when due).
+   --run-partitions runs the fragment path once per value of CommitPolicy.run_partitions, the most
+   partitions a training during the run gets (0: sqrt(rows), as after the run), in that order.
 2. Resume: a folder of --resume-images tiny files, all recorded as indexed, run through run_index
    again: seconds until it has decided there is nothing to do, against a plain listing of the folder.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,12 +43,20 @@ from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
 from maskdex.storage.region_fragments import RegionFragments, RegionFragmentWriter
+from maskdex.storage.vector_index import RUN_PARTITIONS
 
 MODELS = "synthetic(store_scale)"
 POOL = 8192  # distinct embeddings drawn from (generating 4M x 768 would dominate the run)
 SEARCHES_PER_TENTH = 3
 BASELINE_COMMIT_EVERY = 16
 BLOCK = IndexSettings().clip.batch_size  # images per worker write: one Alpha-CLIP batch of the job
+
+
+def _partition_caps(text: str) -> list[int]:
+    caps = [int(value) for value in text.split(",") if value.strip()]
+    if not caps or any(cap < 0 for cap in caps):
+        raise argparse.ArgumentTypeError(f"partition caps are whole numbers >= 0 (0: sqrt(rows)), got {text!r}")
+    return caps
 
 
 def _rows(number: int, n_regions: int, pool: np.ndarray) -> tuple[dict, list[dict]]:
@@ -100,7 +113,8 @@ def _worker_writes(store: IndexStore, images: int, n_regions: int, pool: np.ndar
 
 
 def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries: np.ndarray, *,
-               path: str, workers: int = 1) -> tuple[list[float], list[float], float, dict, dict]:
+               path: str, workers: int = 1, policy: CommitPolicy = CommitPolicy(),
+               ) -> tuple[list[float], list[float], float, dict, dict]:
     """Per tenth of the images: images/s committed and search p50 in ms during it; then search p50
     after the run, the store's stats and the writer's counts. path: "baseline", "rows" or "fragments".
 
@@ -109,7 +123,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     is left out). Searches run from a second store each time the committed count passes a bound."""
     store = IndexStore.open(uri, models=MODELS, embed_dim=pool.shape[1])
     reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
-    writer = None if path == "baseline" else IndexWriter(store, CommitPolicy())
+    writer = None if path == "baseline" else IndexWriter(store, policy)
     tenth = images / 10
     events = [(0.0, 0)]  # (write seconds so far, images committed so far)
     search_p50: list[float] = []
@@ -148,10 +162,11 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     if writer is not None:
         writer.close()
     closing = time.perf_counter() - closing
-    final_tidy = time.perf_counter()
-    if writer is not None:
-        store.tidy()  # as the job's closing upkeep does: new rows folded into the index
-    final_tidy = time.perf_counter() - final_tidy
+    final_upkeep = time.perf_counter()
+    # What run_index does after the run: new rows folded in, and a retraining when the run's capped
+    # partitions are too few for the table (the baseline gets the same, so "after" compares alike).
+    upkeep = store.maybe_build_index() or {}
+    final_upkeep = time.perf_counter() - final_upkeep
     seconds, counts_ = zip(*events)
     bounds = np.interp([tenth * k for k in range(11)], counts_, seconds)
     rates = [tenth / (b - a) if b > a else float("nan") for a, b in zip(bounds[:-1], bounds[1:])]
@@ -165,7 +180,9 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
                                         "trainings (rows)": [r["regions"] for r in writer.index_reports],
                                         "training_s": round(writer.training_seconds, 1),
                                         "close waited for upkeep s": round(closing, 1),
-                                        "final tidy s": round(final_tidy, 1)}
+                                        "closing upkeep s": round(final_upkeep, 1),
+                                        "closing upkeep": f"{upkeep.get('vector_index')}, "
+                                                          f"{upkeep.get('num_partitions')} partitions"}
     return rates, search_p50, 1000 * statistics.median(after), store.stats(), counts
 
 
@@ -228,6 +245,9 @@ def main() -> None:
     parser.add_argument("--resume-images", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="Ray worker processes writing fragments")
     parser.add_argument("--no-row-path", action="store_true", help="skip the row path (halves a long run)")
+    parser.add_argument("--run-partitions", type=_partition_caps, default=[RUN_PARTITIONS],
+                        help="most partitions of a training during the run, one fragment-path run per value "
+                             f"(0: sqrt(rows)); default {RUN_PARTITIONS}")
     args = parser.parse_args()
 
     pool = clustered_embeddings(POOL, args.dim, seed=0)
@@ -249,11 +269,15 @@ def main() -> None:
             warm = IndexStore.open(f"{scratch}/warm", models=MODELS, embed_dim=pool.shape[1])
             ray.get([_write_block.remote(warm.regions_dataset_uri, 0, BLOCK, args.regions, pool)
                      for _ in range(2 * args.workers)])
-            result = _write_run(f"{scratch}/fragments", args.images, args.regions, pool, queries, path="fragments",
-                                workers=args.workers)
+            for cap in args.run_partitions:
+                policy = CommitPolicy(run_partitions=cap or None)
+                result = _write_run(f"{scratch}/fragments-{cap}", args.images, args.regions, pool, queries,
+                                    path="fragments", workers=args.workers, policy=policy)
+                _print_writes(f"fragment path ({args.workers} Ray workers write fragments, the IndexWriter commits "
+                              f"their metadata, as run_index; trainings during the run with at most "
+                              f"{cap or 'sqrt(rows)'} partitions)", args.images, *result)
+                shutil.rmtree(f"{scratch}/fragments-{cap}", ignore_errors=True)  # 13 GB at 200k images
             ray.shutdown()
-            _print_writes(f"fragment path ({args.workers} Ray workers write fragments, the IndexWriter commits "
-                          f"their metadata, as run_index)", args.images, *result)
         if args.resume_images:
             listing, deciding, best, summary = _resume(scratch, args.resume_images)
             print(f"\nresume over a finished folder of {args.resume_images} files (median of 3)")

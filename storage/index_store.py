@@ -191,20 +191,23 @@ class IndexStore:
         """The regions table's Lance dataset pinned at its latest version: what a training reads."""
         return lance.dataset(self.regions_dataset_uri)
 
-    def vector_index_due(self, snapshot=None, *, growth: float = vector_index.RETRAIN_GROWTH) -> bool:
+    def vector_index_due(self, snapshot=None, *, growth: float = vector_index.RETRAIN_GROWTH,
+                         max_partitions: int | None = None) -> bool:
         """Whether a vector index should be trained: none yet and MIN_ROWS regions, or the table
-        has outgrown `growth` times the rows the index was trained on."""
+        has outgrown the index by `growth` (VectorIndexParams.outgrown), with at most max_partitions."""
         rows = (snapshot if snapshot is not None else self.regions_snapshot()).count_rows()
         if vector_index.find_vector_index(self._regions) is None:
             return rows >= vector_index.MIN_ROWS
-        return rows > growth * self._vector_params().trained_rows
+        return self._vector_params().outgrown(rows, self.embed_dim, growth, max_partitions)
 
-    def train_vector_index(self, snapshot) -> dict:
+    def train_vector_index(self, snapshot, *, max_partitions: int | None = None) -> dict:
         """Train (or retrain) the vector index on a snapshot without compacting first, so commits
-        and tidy (off the snapshot's fragments) go on meanwhile. Returns build_index's report."""
+        and tidy (off the snapshot's fragments) go on meanwhile; with at most max_partitions
+        partitions (a run's trainings: vector_index.RUN_PARTITIONS). Returns build_index's report."""
         self._require_writable("train_vector_index")
         rows = snapshot.count_rows()  # before: the commit moves the snapshot to the new version
-        params = vector_index.build_vector_index(self._regions, self.embed_dim, snapshot=snapshot)
+        params = vector_index.VectorIndexParams.for_table(rows, self.embed_dim, max_partitions=max_partitions)
+        vector_index.build_vector_index(self._regions, self.embed_dim, params=params, snapshot=snapshot)
         return {"regions": rows, "vector_index": "built", **params.describe()}
 
     def forget_failed(self) -> int:

@@ -18,7 +18,8 @@ committed meanwhile), because its two parts differ in cost by orders of magnitud
   `merge_fragments` worker writes: merge small fragments, fold new rows into the indexes (which
   bounds the rows a search scans flat), drop old versions. Seconds.
 - training (IndexStore.train_vector_index), when the table reaches MIN_ROWS and each time it
-  outgrows `retrain_growth` times what the index was trained on. Minutes at millions of rows.
+  outgrows `retrain_growth` times what the index was trained on, with at most `run_partitions`
+  partitions so that folds stay cheap. Minutes at millions of rows.
 A training reads a snapshot; a merge that rewrote one of its fragments, or rows folded into the old
 index meanwhile, would make its commit fail (Lance: "preempted by concurrent transaction Rewrite /
 CreateIndex"), so while it runs, tidy leaves the snapshot's fragments (frozen) alone, merges only
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from maskdex.storage.digests import DigestSet, image_key
 from maskdex.storage.index_store import IndexStore
-from maskdex.storage.vector_index import MAX_UNINDEXED_ROWS
+from maskdex.storage.vector_index import MAX_UNINDEXED_ROWS, RUN_PARTITIONS
 from maskdex.storage.region_fragments import RegionFragments
 from maskdex.storage.tables import KEEP_VERSIONS_FOR
 
@@ -59,12 +60,17 @@ class CommitPolicy:
     # of a 200k-image run's 306; at 8x, two took 70 s. Between trainings new rows are folded into the
     # partitions the index has, so their lists grow and a query's probes scan more of them.
     retrain_growth: float = 8.0
+    # Partitions of a training during the run (None: sqrt(rows), as after it): fewer make every fold
+    # cheaper (vector_index.RUN_PARTITIONS says by how much), and the closing upkeep retrains.
+    run_partitions: int | None = RUN_PARTITIONS
     background_upkeep: bool = True  # False: upkeep blocks the commit that triggered it (deterministic, for tests)
 
     def __post_init__(self):
         for name in ("commit_images", "commit_rows", "compact_every", "upkeep_rows", "merge_fragments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.run_partitions is not None and self.run_partitions < 1:
+            raise ValueError(f"run_partitions must be >= 1 (or None: sqrt(rows)), got {self.run_partitions}")
         if not self.retrain_growth > 1:
             raise ValueError(f"retrain_growth must be > 1, got {self.retrain_growth}")
         if not self.commit_seconds > 0:
@@ -185,12 +191,14 @@ class IndexWriter:
     def _run_training(self) -> None:
         with self._snapshot_lock:
             snapshot = self.store.regions_snapshot()
-            if not self.store.vector_index_due(snapshot, growth=self.policy.retrain_growth):
+            if not self.store.vector_index_due(snapshot, growth=self.policy.retrain_growth,
+                                               max_partitions=self.policy.run_partitions):
                 return
             self._frozen = frozenset(fragment.fragment_id for fragment in snapshot.get_fragments())
         started = time.monotonic()
         try:
-            self.index_reports.append(self.store.train_vector_index(snapshot))
+            report = self.store.train_vector_index(snapshot, max_partitions=self.policy.run_partitions)
+            self.index_reports.append(report)
         finally:
             with self._snapshot_lock:
                 self._frozen = frozenset()

@@ -45,6 +45,12 @@ MIN_TRAINING_ROWS = 256
 # Retrain (rather than optimize) once the table has outgrown the rows the partitions were
 # trained on by this factor: optimize() only files new rows into the old partitions.
 RETRAIN_GROWTH = 2.0
+# The most partitions a training during an index run gets (storage/index_writer.py). A fold files
+# every new row under its nearest partition, so its cost grows with the partition count: 37, 55, 64
+# and 100 us of CPU per 768-d row at 64, 256, 512 and 1024 partitions (pylance 14, 2 cores, 32k new
+# rows), which at sqrt(rows) partitions past 1M rows is a core at full ingest. The retraining after
+# the run gives the table its sqrt(rows) partitions (VectorIndexParams.outgrown).
+RUN_PARTITIONS = 256
 
 # Search settings, from benchmarks/search_latency.py at 1M x 768 (1000 partitions, README table):
 # 20 probes already reach recall@10 0.994 and 100 probes cost 2.4x the latency for 1.000; re-scoring
@@ -84,7 +90,8 @@ class VectorIndexParams:
     max_iters: int = MAX_ITERS
 
     @classmethod
-    def for_table(cls, rows: int, dim: int, index_type: str = INDEX_TYPE) -> VectorIndexParams:
+    def for_table(cls, rows: int, dim: int, index_type: str = INDEX_TYPE, *,
+                  max_partitions: int | None = None) -> VectorIndexParams:
         if index_type not in INDEX_TYPES:
             raise ValueError(f"unknown vector index type {index_type!r}; known: {list(INDEX_TYPES)}")
         if index_type == "IVF_HNSW_SQ":
@@ -93,8 +100,17 @@ class VectorIndexParams:
             # sqrt(rows) partitions balances the centroid scan against the partition scan; Lance
             # trains at most rows / 256 of them (and warns), so ask for no more.
             partitions = max(1, min(round(math.sqrt(rows)), rows // MIN_TRAINING_ROWS))
+        if max_partitions is not None:
+            partitions = min(partitions, max_partitions)
         return cls(num_partitions=partitions, num_sub_vectors=sub_vectors(dim), trained_rows=rows,
                    index_type=index_type)
+
+    def outgrown(self, rows: int, dim: int, growth: float, max_partitions: int | None = None) -> bool:
+        """Whether an index trained with these parameters should be retrained now that the table
+        holds rows: it has grown `growth` times since, or it has `growth` times fewer partitions
+        than a training now would give it (one capped at RUN_PARTITIONS, after the run)."""
+        wanted = VectorIndexParams.for_table(rows, dim, self.index_type, max_partitions=max_partitions)
+        return rows > growth * self.trained_rows or growth * self.num_partitions < wanted.num_partitions
 
     @classmethod
     def recorded(cls, table) -> VectorIndexParams | None:

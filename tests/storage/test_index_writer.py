@@ -235,6 +235,38 @@ def test_background_trainings_during_a_run_lose_no_row(tmp_path, monkeypatch):
     assert store.search(regions[1]["embedding"], k=1)[0]["image_id"] == image["image_id"]
 
 
+def test_a_run_trains_with_few_partitions_and_the_closing_upkeep_sizes_them_for_the_table(tmp_path, monkeypatch):
+    # Folds cost CPU per row and partition, so trainings during a run are capped (run_partitions);
+    # the upkeep after the run (what run_index calls) retrains with sqrt(rows) partitions.
+    monkeypatch.setattr(vector_index, "MIN_ROWS", 300)
+    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    policy = CommitPolicy(commit_images=8, upkeep_rows=32, retrain_growth=2.0, run_partitions=2,
+                          background_upkeep=False)
+    writer = IndexWriter(store, policy)
+    for number in range(0, 800, 4):
+        writer.add(*worker_write(store, *range(number, number + 4)))
+    writer.close()
+    trained = [(report["regions"], report["num_partitions"]) for report in writer.index_reports]
+    # The first training, at 320 rows, gets one partition (at most rows / 256), the later ones the cap.
+    assert len(trained) >= 2 and all(partitions <= 2 for _, partitions in trained), trained
+    last_rows, last_partitions = trained[-1]
+    assert last_partitions == 2 < vector_index.VectorIndexParams.for_table(last_rows, DIM).num_partitions, trained
+    # 1,600 regions call for 6 partitions (sqrt, at most rows / 256): 3x the run's, so it is due.
+    assert vector_index.VectorIndexParams.for_table(1600, DIM).num_partitions == 6
+    assert store.vector_index_due()
+    assert not store.vector_index_due(growth=policy.retrain_growth, max_partitions=policy.run_partitions)
+    report = store.maybe_build_index()
+    assert (report["vector_index"], report["num_partitions"], report["trained_rows"]) == ("built", 6, 1600)
+    assert not store.vector_index_due()
+    image, regions = image_with_regions(321, 2)
+    assert store.search(regions[0]["embedding"], k=1)[0]["image_id"] == image["image_id"]
+
+
+def test_run_partitions_must_be_positive():
+    with pytest.raises(ValueError, match="run_partitions must be >= 1"):
+        CommitPolicy(run_partitions=0)
+
+
 def test_each_tidy_indexes_new_rows_in_a_segment_and_merges_them_at_the_cap(tmp_path):
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
     store.commit_written(*worker_write(store, *range(150)))  # 300 regions
