@@ -2,7 +2,7 @@
 
     python -m benchmarks.store_scale [--images 20000] [--baseline-images 4000] [--regions 20] [--dim 768]
                                      [--resume-images 10000] [--workers 2] [--no-row-path]
-                                     [--run-partitions 256,0]
+                                     [--run-partitions 0,256]
 
 1. Writes: what run_index does with each image minus the models, for --images synthetic images of
    --regions regions of --dim dims, twice in one process: the fragment path (Ray tasks, --workers at
@@ -53,7 +53,10 @@ BLOCK = IndexSettings().clip.batch_size  # images per worker write: one Alpha-CL
 
 
 def _partition_caps(text: str) -> list[int]:
-    caps = [int(value) for value in text.split(",") if value.strip()]
+    try:
+        caps = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        caps = []
     if not caps or any(cap < 0 for cap in caps):
         raise argparse.ArgumentTypeError(f"partition caps are whole numbers >= 0 (0: sqrt(rows)), got {text!r}")
     return caps
@@ -165,7 +168,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     final_upkeep = time.perf_counter()
     # What run_index does after the run: new rows folded in, and a retraining when the run's capped
     # partitions are too few for the table (the baseline gets the same, so "after" compares alike).
-    upkeep = store.maybe_build_index() or {}
+    upkeep = store.maybe_build_index() or {"vector_index": "none (too few rows)"}
     final_upkeep = time.perf_counter() - final_upkeep
     seconds, counts_ = zip(*events)
     bounds = np.interp([tenth * k for k in range(11)], counts_, seconds)
@@ -181,8 +184,8 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
                                         "training_s": round(writer.training_seconds, 1),
                                         "close waited for upkeep s": round(closing, 1),
                                         "closing upkeep s": round(final_upkeep, 1),
-                                        "closing upkeep": f"{upkeep.get('vector_index')}, "
-                                                          f"{upkeep.get('num_partitions')} partitions"}
+                                        "closing upkeep": f"{upkeep['vector_index']}, "
+                                                          f"{upkeep.get('num_partitions', 0)} partitions"}
     return rates, search_p50, 1000 * statistics.median(after), store.stats(), counts
 
 

@@ -194,7 +194,8 @@ class IndexStore:
     def vector_index_due(self, snapshot=None, *, growth: float = vector_index.RETRAIN_GROWTH,
                          max_partitions: int | None = None) -> bool:
         """Whether a vector index should be trained: none yet and MIN_ROWS regions, or the table
-        has outgrown the index by `growth` (VectorIndexParams.outgrown), with at most max_partitions."""
+        has outgrown the index by `growth` (VectorIndexParams.outgrown); max_partitions caps what a
+        training now would get (a run's trainings), None leaves it sqrt(rows)."""
         rows = (snapshot if snapshot is not None else self.regions_snapshot()).count_rows()
         if vector_index.find_vector_index(self._regions) is None:
             return rows >= vector_index.MIN_ROWS

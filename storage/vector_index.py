@@ -107,8 +107,8 @@ class VectorIndexParams:
 
     def outgrown(self, rows: int, dim: int, growth: float, max_partitions: int | None = None) -> bool:
         """Whether an index trained with these parameters should be retrained now that the table
-        holds rows: it has grown `growth` times since, or it has `growth` times fewer partitions
-        than a training now would give it (one capped at RUN_PARTITIONS, after the run)."""
+        holds rows: it has grown `growth` times since, or a training now (with at most max_partitions)
+        would give it more than `growth` times its partitions, as after a run trained at RUN_PARTITIONS."""
         wanted = VectorIndexParams.for_table(rows, dim, self.index_type, max_partitions=max_partitions)
         return rows > growth * self.trained_rows or growth * self.num_partitions < wanted.num_partitions
 
