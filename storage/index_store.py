@@ -221,16 +221,19 @@ class IndexStore:
     def build_index(self, *, force: bool = False, keep_versions_for: timedelta | None = None) -> dict:
         """Scalar indexes, and the IVF_PQ index on regions.embedding once there are
         vector_index.MIN_ROWS regions (any number from 256 with force). An existing vector index
-        is refreshed with optimize(), or retrained with force. Returns what was done."""
+        is refreshed with optimize(), or retrained when the table has outgrown it (vector_index_due:
+        after a run whose trainings were capped, or one killed before its closing upkeep) or with
+        force. Returns what was done."""
         self._require_writable("build_index")
         # Compaction first, so the vector index trains on few large fragments.
         self.tidy(keep_versions_for=keep_versions_for)
         report = {"regions": self._regions.count_rows(),
                   "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
                                      + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
-        if vector_index.find_vector_index(self._regions) is not None and not force:
+        indexed = vector_index.find_vector_index(self._regions) is not None
+        if indexed and not (force or self.vector_index_due()):
             return {**report, "vector_index": "refreshed", **self._vector_params().describe()}
-        if report["regions"] < vector_index.MIN_ROWS and not force:
+        if not indexed and report["regions"] < vector_index.MIN_ROWS and not force:
             return {**report, "vector_index": "skipped",
                     "reason": f"{report['regions']} regions is below {vector_index.MIN_ROWS}, where exact search is "
                               f"fast; force=True builds one anyway"}
@@ -243,12 +246,10 @@ class IndexStore:
         Compacts the tables in any case; returns build_index's report, or None when no vector
         index is due."""
         self._require_writable("maybe_build_index")
-        if vector_index.find_vector_index(self._regions) is None:
-            if self._regions.count_rows() >= vector_index.MIN_ROWS:
-                return self.build_index(keep_versions_for=keep_versions_for)
+        if vector_index.find_vector_index(self._regions) is None and self._regions.count_rows() < vector_index.MIN_ROWS:
             self.tidy(keep_versions_for=keep_versions_for)
             return None
-        return self.build_index(force=self.vector_index_due(), keep_versions_for=keep_versions_for)
+        return self.build_index(keep_versions_for=keep_versions_for)
 
     # Reading
 

@@ -53,7 +53,7 @@ def add_parsers(commands) -> None:
     add_rerank_options(search)
     search.set_defaults(run=run_search)
 
-    build = commands.add_parser("build-index", help="build or refresh the vector and scalar indexes")
+    build = commands.add_parser("build-index", help="build, refresh or (when the table has outgrown it) retrain the vector and scalar indexes")
     add_db(build)
     build.add_argument("--force", action="store_true", help="build the vector index even on a small table")
     build.set_defaults(run=run_build_index)
