@@ -27,7 +27,6 @@ from maskdex.operators.registry.weights import (
     downloads_allowed,
     locate,
     read_state_dict,
-    weights_dir,
 )
 
 _TINY_SAM2_OVERRIDES = (
@@ -219,12 +218,11 @@ def alpha_clip_encoder(preset: str | ModelPreset, *, weights: str | os.PathLike 
 
 
 def _weight_file(filename: str, what: str, weights: str | os.PathLike | None, hub) -> str:
-    directory = weights_dir(weights)
     hint = "not downloadable by maskdex: get it from the model's release page"
     if hub is not None:
         hint = "hub download available"
     try:
-        return str(locate(filename, what, directory, hint))
+        return str(locate(filename, what, weights, hint))
     except MissingWeightsError:
         if hub is None or not downloads_allowed():
             raise

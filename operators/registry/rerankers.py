@@ -13,7 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskdex.operators.registry.weights import MissingWeightsError, downloads_allowed, weights_dir
+from maskdex.operators.registry import remote_weights
+from maskdex.operators.registry.weights import (
+    MissingWeightsError,
+    downloads_allowed,
+    weights_dir,
+    weights_location,
+)
 
 # tiny: the transformers backend with the random-weight tiny Qwen2.5-VL, whatever `model` says.
 BACKENDS = ("transformers", "openai", "tiny")
@@ -89,7 +95,11 @@ def qwen25_vl_dir(model: str, weights: str | os.PathLike | None = None) -> Path:
     """The checkpoint directory of a preset name (in the weights directory) or of an explicit path."""
     if model in QWEN25_VL:
         hub_id = QWEN25_VL[model]
-        path = weights_dir(weights) / hub_id.split("/", 1)[1]
+        folder = hub_id.split("/", 1)[1]
+        location = weights_location(weights)
+        if remote_weights.is_remote(location):  # copied into this node's cache, which weights_dir names
+            remote_weights.cached_tree(location, folder)
+        path = weights_dir(weights) / folder
     else:
         hub_id, path = None, Path(model).expanduser()
         if not path.is_absolute() and not path.exists():

@@ -1,4 +1,5 @@
-"""Finding and reading weight files. The only place in operators/ that touches the file system."""
+"""Finding and reading weight files. With remote_weights.py (a weights directory in an object store),
+the only place in operators/ that touches the file system."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from maskdex.operators.registry import remote_weights
 
 WEIGHTS_ENV = "MASKDEX_WEIGHTS"
 DOWNLOAD_ENV = "MASKDEX_ALLOW_DOWNLOAD"
@@ -20,29 +23,53 @@ class BadCheckpointError(ValueError):
     """A weight file exists but is not a usable checkpoint for the chosen model."""
 
 
+def weights_location(explicit: str | os.PathLike | None = None) -> str:
+    """Where the weights are: an explicit argument, else $MASKDEX_WEIGHTS, else ~/.cache/maskdex/weights.
+    A local folder, or an object-store URI (s3://, gs://, file://) that each node copies from once."""
+    location = explicit or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR
+    return str(location) if remote_weights.is_remote(location) else str(Path(location).expanduser())
+
+
 def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The weights directory: an explicit argument, else $MASKDEX_WEIGHTS, else ~/.cache/maskdex/weights."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get(WEIGHTS_ENV):
-        return Path(os.environ[WEIGHTS_ENV]).expanduser()
-    return DEFAULT_WEIGHTS_DIR
+    """The local weights folder: the weights location itself, or this node's cache of a remote one."""
+    location = weights_location(explicit)
+    return remote_weights.cache_dir(location) if remote_weights.is_remote(location) else Path(location)
 
 
 def downloads_allowed() -> bool:
     return os.environ.get(DOWNLOAD_ENV, "").lower() in ("1", "true", "yes")
 
 
-def locate(filename: str, what: str, directory: Path, source_hint: str) -> Path:
-    """The path of `filename` in `directory`, or an error that says what is missing and where to put it."""
-    path = directory / filename
-    if path.is_file():
-        return path
+def locate(filename: str, what: str, weights: str | os.PathLike | None, source_hint: str) -> Path:
+    """The local path of `filename` from the weights location (copied into this node's cache when the
+    location is remote), or an error that says what is missing and where to put it."""
+    location = weights_location(weights)
+    if remote_weights.is_remote(location):
+        path = remote_weights.cached_copy(location, filename)
+        if path is not None:
+            return path
+    elif (Path(location) / filename).is_file():
+        return Path(location) / filename
     raise MissingWeightsError(
-        f"{what}: weight file {filename!r} not found at {path}. Put the file there ({source_hint}), "
-        f"point --weights-dir or ${WEIGHTS_ENV} at the directory that holds it"
+        f"{what}: weight file {filename!r} not found at {_shown(location, filename)}. Put the file there "
+        f"({source_hint}), point --weights-dir or ${WEIGHTS_ENV} at the directory or object-store URI that holds it"
         + (", or set MASKDEX_ALLOW_DOWNLOAD=1 on a machine with internet access." if source_hint.startswith("hub") else ".")
     )
+
+
+def missing_files(filenames: list[str], weights: str | os.PathLike | None = None) -> list[str]:
+    """Where each of `filenames` that the weights location lacks was looked for (empty: all present).
+    One listing call for a remote location; nothing is copied."""
+    location = weights_location(weights)
+    if remote_weights.is_remote(location):
+        present = {name for name, size in remote_weights.remote_sizes(location, filenames).items() if size is not None}
+    else:
+        present = {name for name in filenames if (Path(location) / name).is_file()}
+    return [_shown(location, name) for name in filenames if name not in present]
+
+
+def _shown(location: str, filename: str) -> str:
+    return f"{location.rstrip('/')}/{filename}" if remote_weights.is_remote(location) else str(Path(location) / filename)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
