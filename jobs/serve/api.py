@@ -167,6 +167,7 @@ class Api:
         self.reranker = reranker
         self.config = MaskdexConfig.model_validate(config)
         self.limits = self.config.limits
+        self.token = self.config.write_token()
         self._index = None
         self.query_vectors = QueryVectors(encoder, self.config.text_cache_size, _model_call)
         app.state.metrics = RequestMetrics()
@@ -276,7 +277,7 @@ class Api:
     # Helpers
 
     def _authorise(self, request: Request) -> None:
-        token = self.config.token
+        token = self.token
         if token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")

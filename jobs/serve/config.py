@@ -6,6 +6,7 @@ maskdex:
   db: maskdex-data
   preset: tiny
   token: null            # a bearer token that POST /supports must carry; null: writes are open
+  token_env: null        # or the name of an environment variable that holds it (a Kubernetes Secret)
   limits: {max_k: 100}
   rerank:                # optional: enables POST /search {"rerank": true} (MaTIR's second stage)
     backend: transformers          # or openai (endpoint, model, api_key_env)
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Deployments the application is made of; options for any other name are refused as a typo.
 DEPLOYMENTS = ("Api", "TextEncoder", "Segmenter", "Reranker")
@@ -108,6 +109,9 @@ class MaskdexConfig(BaseModel):
     device: str = "auto"
     dtype: str | None = "bfloat16"
     token: str | None = None
+    # The name of the environment variable that holds the token instead: how a Kubernetes Secret reaches
+    # the replicas (secretKeyRef in the pods' env), so that no manifest carries the token itself.
+    token_env: str | None = None
     rns_steps: int = Field(700, ge=1)  # steps of the per-image classifier (design.md section 3)
     limits: Limits = Limits()
     batching: Batching = Batching()
@@ -116,6 +120,23 @@ class MaskdexConfig(BaseModel):
     segment_batching: Batching = Batching(max_batch_size=8, batch_wait_timeout_s=0.02)
     # Query embeddings kept per (text, templates), so a repeated query skips the text encoder.
     text_cache_size: int = Field(4096, ge=0)
+
+
+    @model_validator(mode="after")
+    def _one_token_source(self):
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("give token or token_env, not both")
+        return self
+
+    def write_token(self) -> str | None:
+        """The bearer token that writes must carry (None: writes are open), read where the replica runs."""
+        if self.token_env is None:
+            return self.token
+        token = os.environ.get(self.token_env)
+        if not token:
+            raise ValueError(f"maskdex.token_env names ${self.token_env}, which is not set or empty on this node "
+                             "(in Kubernetes: a secretKeyRef in the pods' env)")
+        return token
 
 
 class ServiceConfig(BaseModel):

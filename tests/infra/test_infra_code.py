@@ -56,7 +56,7 @@ def test_the_rayservice_serves_the_serve_config_and_builds_the_application():
     config = parse_config(app["args"])
     for name in ("TextEncoder", "Segmenter"):  # the model deployments get GPUs
         assert config.deployment_options(name)["ray_actor_options"]["num_gpus"] >= 1
-    assert config.maskdex.device == "cuda" and config.maskdex.token
+    assert config.maskdex.device == "cuda" and config.maskdex.token_env and config.maskdex.token is None
     assert _gpu_workers(service["spec"]["rayClusterConfig"])
     ports = {port["containerPort"] for c in _containers(service["spec"]["rayClusterConfig"]) for port in c.get("ports", [])}
     assert serve_config["http_options"]["port"] in ports
@@ -95,3 +95,16 @@ def test_one_image_everywhere_and_it_installs_maskdex():
 def test_a_bad_service_config_is_refused_by_name(bad, words):
     with pytest.raises(ValueError, match=words):
         parse_config(bad)
+
+
+def test_the_write_token_comes_from_the_environment_variable_the_config_names(monkeypatch):
+    """How a Kubernetes Secret reaches the replicas: the config names a variable, the pod's env fills it."""
+    config = parse_config({"maskdex": {"db": "x", "token_env": "MASKDEX_TEST_TOKEN"}}).maskdex
+    monkeypatch.setenv("MASKDEX_TEST_TOKEN", "s3cret")
+    assert config.write_token() == "s3cret"
+    monkeypatch.delenv("MASKDEX_TEST_TOKEN")
+    with pytest.raises(ValueError, match=r"\$MASKDEX_TEST_TOKEN, which is not set"):
+        config.write_token()
+    assert parse_config({"maskdex": {"db": "x", "token": "t"}}).maskdex.write_token() == "t"
+    with pytest.raises(ValueError, match="token or token_env, not both"):
+        parse_config({"maskdex": {"db": "x", "token": "t", "token_env": "V"}})
