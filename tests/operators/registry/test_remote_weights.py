@@ -69,6 +69,23 @@ def test_a_file_uri_works_like_a_bucket(tmp_path, monkeypatch):
     assert missing_files(["w.pt", "v.pt"], location) == [f"{location}/v.pt"]
 
 
+def test_a_model_folder_is_copied_whole(tmp_path, monkeypatch):
+    """A checkpoint folder (the re-ranker's Qwen2.5-VL) comes over file by file, nested folders included."""
+    from maskdex.operators.registry.remote_weights import cached_tree
+
+    monkeypatch.setenv("MASKDEX_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "store" / "Model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "weights.safetensors").write_bytes(b"s" * 100)
+    location = f"file://{tmp_path / 'store'}"
+    copied = cached_tree(location, "Model")
+    assert copied == weights_dir(location) / "Model"
+    assert (copied / "config.json").read_text() == "{}"
+    assert (copied / "sub" / "weights.safetensors").read_bytes() == b"s" * 100
+    assert cached_tree(location, "Absent") is None
+
+
 def _locate_in_child(location: str, queue) -> None:
     queue.put(str(locate("big.pt", "test model", location, "hub")))
 
