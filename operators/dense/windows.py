@@ -5,8 +5,8 @@ Every RNS path (`maskdex segment`, `supports add`, the service, `maskdex eval`) 
 (Retrieve-and-Segment: configs/clip.yaml, main_eval.py, mmseg_utils/apis/test.py), checked there:
 
 - scale (2048, 448), keep_ratio: the image is scaled by min(2048 / long side, 448 / short side), each
-  side rounded half up, with bilinear interpolation and no antialiasing on 8-bit pixels (mmcv's cv2
-  path), so the result is rounded back to 8 bits. configs/clip.yaml sets this scale for test and
+  side rounded half up (mmcv's rescale_size), and resized by OpenCV itself (cv2.INTER_LINEAR on the
+  8-bit pixels, as mmcv's imrescale; label maps cv2.INTER_NEAREST, as mmseg). configs/clip.yaml sets this scale for test and
   support images alike; it overrides the dataset configs' own test scale (512, 512).
 - the resized image is zero-padded on the right and bottom to a multiple of the patch size (pixel
   value 0 before CLIP's mean/std normalisation; label maps are padded with 255, "ignore").
@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -103,25 +104,30 @@ def padded_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """(3, h, w) uint8 pixels of an (H, W, 3) uint8 image resized to size = (h, w).
 
-    Bilinear with half-pixel centres and no antialiasing, computed in float and rounded to 8 bits: the
-    sampling of cv2.INTER_LINEAR (mmcv's default), within one grey level of cv2's fixed-point result.
+    OpenCV's own INTER_LINEAR, as mmcv's imrescale calls it: its fixed-point arithmetic differs from
+    bilinear in float by a grey level on about one pixel in eight, enough to move the features by 3e-3.
     """
-    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    if tuple(size) != tuple(pixels.shape[-2:]):
-        pixels = F.interpolate(pixels, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
-    return pixels.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)[0]  # cv2 rounds halves up
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.dtype} of shape {rgb.shape}")
+    if tuple(size) != rgb.shape[:2]:
+        rgb = cv2.resize(rgb, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def resize_labels(labels: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """An (H, W) label map resized to size = (h, w) by nearest neighbour as cv2.INTER_NEAREST does:
-    output pixel y takes source row floor(y * H / h)."""
-    labels = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels
+    """An (H, W) label map resized to size = (h, w) by OpenCV's INTER_NEAREST, as mmseg resizes labels."""
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"expected an (H, W) label map, got shape {tuple(labels.shape)}")
-    height, width = labels.shape
-    rows = np.minimum(np.floor(np.arange(size[0]) * (height / size[0])).astype(np.int64), height - 1)
-    cols = np.minimum(np.floor(np.arange(size[1]) * (width / size[1])).astype(np.int64), width - 1)
-    return labels[torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[None, :]]
+    if tuple(size) == labels.shape:
+        return torch.from_numpy(labels.copy())
+    # Nearest neighbour only copies whole pixels, so any dtype (cv2 has no int64 or bool) goes through
+    # as that many bytes per pixel.
+    as_bytes = np.ascontiguousarray(labels).view(np.uint8).reshape(*labels.shape, labels.dtype.itemsize)
+    resized = cv2.resize(as_bytes, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
+    resized = resized.reshape(int(size[0]), int(size[1]), labels.dtype.itemsize)
+    return torch.from_numpy(np.ascontiguousarray(resized).view(labels.dtype)[..., 0])
 
 
 def pad_bottom_right(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:

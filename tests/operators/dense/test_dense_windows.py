@@ -1,9 +1,11 @@
 """The RNS window-and-resize policy: the authors' resize, padding and window averaging, on hand-made inputs."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from skimage import data
 
 from maskdex.operators.common.clip_models import CLIP_MEAN, CLIP_STD
 from maskdex.operators.dense.features import SUPPORT_WINDOWS, TEST_WINDOWS, DenseFeatures, patch_tokens
@@ -86,19 +88,47 @@ def test_a_300x405_image_gets_the_official_size_grid_and_windows():
     assert rescaled_size(20, 30, TEST_WINDOWS) == (448, 672)
 
 
-def test_resizing_is_bilinear_without_antialiasing_rounded_to_8_bits():
-    row = np.array([0, 30, 200, 230], dtype=np.uint8)
-    image = np.repeat(row[None, :, None], 3, axis=2).repeat(2, axis=0)
-    halved = resize_rgb(image, (2, 2))
-    assert halved.dtype == torch.uint8 and halved.shape == (3, 2, 2)
-    # half-pixel centres: output pixel 0 samples x = 0.5, output pixel 1 x = 2.5 (antialiasing would blend 4)
-    assert halved[0, 0].tolist() == [15, 215]
-    # halves round up, as cv2's fixed point does
-    assert resize_rgb(np.array([[[0] * 3, [5] * 3]], dtype=np.uint8), (1, 1))[0].item() == 3
-    # labels: nearest neighbour taking source row floor(y * H / h)
-    labels = np.arange(16, dtype=np.uint8).reshape(4, 4)
-    assert resize_labels(labels, (2, 2)).tolist() == [[0, 2], [8, 10]]
-    assert resize_labels(labels[:2, :2], (3, 3)).tolist() == [[0, 0, 1], [0, 0, 1], [4, 4, 5]]
+def _odd_photos():
+    """Real photos of odd sizes, both orientations, and one wide enough to hit the 2048 (tiny: 585) cap."""
+    wide = np.concatenate([data.coffee()[:201], data.rocket()[:201, :599]], axis=1)  # 201x1199
+    return [data.chelsea()[:299, :405], data.astronaut()[:301, :211], data.coffee()[:397, :591], wide]
+
+
+@pytest.mark.parametrize("spec", [TEST_WINDOWS, dense_windows("tiny")[0]], ids=["paper", "tiny"])
+def test_resizing_is_opencvs_own_on_every_pixel_of_real_photos(spec):
+    for photo in _odd_photos():
+        size = rescaled_size(*photo.shape[:2], spec)
+        got = resize_rgb(photo, size)
+        assert got.dtype == torch.uint8 and tuple(got.shape) == (3, *size)
+        expected = cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected)
+        # bilinear in float, rounded, is not it: cv2's fixed point moves some pixels a grey level
+        in_float = F.interpolate(torch.from_numpy(photo).permute(2, 0, 1)[None].float(), size=size,
+                                 mode="bilinear", align_corners=False)
+        in_float = in_float.add(0.5).floor().clamp(0, 255)[0].permute(1, 2, 0).numpy()
+        assert (in_float != expected).mean() > 0.01
+    # the same size is left as it is
+    photo = _odd_photos()[0]
+    np.testing.assert_array_equal(resize_rgb(photo, photo.shape[:2]).permute(1, 2, 0).numpy(), photo)
+    with pytest.raises(ValueError, match="uint8 image"):
+        resize_rgb(photo.astype(np.float32), (10, 10))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, bool])
+def test_labels_are_resized_by_opencvs_nearest_in_any_dtype(dtype):
+    photo = data.chelsea()[:299, :405]
+    labels = (photo[..., 0] // 37).astype(dtype)  # 7 bands of a real photo's red channel
+    size = rescaled_size(*labels.shape, TEST_WINDOWS)
+    got = resize_labels(labels, size)
+    assert got.numpy().dtype == np.dtype(dtype) and tuple(got.shape) == size
+    expected = cv2.resize(labels.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(got.numpy().astype(np.uint8), expected)
+    # nearest takes source row floor(y * H / h): no new label values appear
+    assert set(np.unique(got.numpy())) <= set(np.unique(labels))
+    small = np.arange(16, dtype=dtype if dtype is not bool else np.uint8).reshape(4, 4)
+    assert resize_labels(torch.from_numpy(small[:2, :2]), (3, 3)).tolist() == [[0, 0, 1], [0, 0, 1], [4, 4, 5]]
+    with pytest.raises(ValueError, match=r"\(H, W\) label map"):
+        resize_labels(photo, (10, 10))
 
 
 def test_labels_are_resized_and_padded_with_255():
@@ -116,15 +146,17 @@ def test_labels_are_resized_and_padded_with_255():
 
 
 def _official_features(visual, image: np.ndarray, spec: WindowSpec, patch: int, pad_value: float) -> torch.Tensor:
-    """The authors' procedure written out: resize, pad with pad_value before normalising, windows of
-    each size, each window normalised, per-size means, mean of the sizes, normalised."""
+    """The authors' procedure written out as their loops do it: mmcv's imrescale (the scale factor
+    min(long / long side, short / short side), each side int(side * factor + 0.5), then cv2.resize
+    INTER_LINEAR), pad with pad_value before normalising, windows of each size, each window normalised,
+    per-size means, mean of the sizes, normalised."""
     height, width = image.shape[:2]
-    scale = min(spec.long_side / max(height, width), spec.short_side / min(height, width))
-    size = (int(height * scale + 0.5), int(width * scale + 0.5))
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-    pixels = torch.floor(pixels + 0.5).clamp(0, 255) / 255
-    pad_h, pad_w = (-size[0]) % patch, (-size[1]) % patch
+    factor = min(max(spec.long_side, spec.short_side) / max(height, width),
+                 min(spec.long_side, spec.short_side) / min(height, width))
+    new_w, new_h = int(width * float(factor) + 0.5), int(height * float(factor) + 0.5)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    pixels = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255
+    pad_h, pad_w = (-new_h) % patch, (-new_w) % patch
     pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=pad_value)
     pixels = (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     h_img, w_img = pixels.shape[-2:]
@@ -146,17 +178,23 @@ def _official_features(visual, image: np.ndarray, spec: WindowSpec, patch: int, 
     return F.normalize(sum(sums) / len(sums), dim=-1)
 
 
-@pytest.mark.parametrize("kind", ["test", "support"])
-def test_a_300x405_image_through_the_extractor_matches_the_official_procedure(extractor, kind):
-    image = np.random.default_rng(3).integers(0, 256, (300, 405, 3), dtype=np.uint8)
+@pytest.mark.parametrize("kind, shape", [("test", (300, 405)), ("test", (200, 1200)), ("support", (300, 405))])
+def test_real_photos_through_the_extractor_match_the_official_procedure(extractor, kind, shape):
+    wide = np.concatenate([data.coffee(), data.rocket()[:400]], axis=1)  # 400x1240
+    image = np.ascontiguousarray(wide[: shape[0], : shape[1]])
     spec = extractor.test_windows if kind == "test" else extractor.support_windows
     dense = extractor.features(image, spec)
-    # tiny: short side 128, so 300x405 -> 128x173, padded to 128x176 (8-pixel patches)
-    assert dense.image_size == (300, 405) and dense.resized_size == (128, 173)
-    assert dense.input_size == (128, 176) and dense.grid == (16, 22)
     visual = extractor.model.visual
     official = _official_features(visual, image, spec, 8, pad_value=0.0)
-    torch.testing.assert_close(dense.features, official, atol=2e-5, rtol=1e-4)
-    # the pad value matters: padding with zeros after normalising (CLIP's mean) gives other features
-    mean_padded = _official_features(visual, image, spec, 8, pad_value=CLIP_MEAN[0])
-    assert (dense.features - mean_padded).abs().max() > 1e-3
+    assert dense.features.shape == official.shape
+    assert (dense.features - official).abs().max() <= 1e-5
+    if shape == (300, 405):
+        # tiny: short side 128, so 300x405 -> 128x173, padded to 128x176 (8-pixel patches)
+        assert dense.image_size == (300, 405) and dense.resized_size == (128, 173)
+        assert dense.input_size == (128, 176) and dense.grid == (16, 22)
+        # the pad value matters: padding with zeros after normalising (CLIP's mean) gives other features
+        mean_padded = _official_features(visual, image, spec, 8, pad_value=CLIP_MEAN[0])
+        assert (dense.features - mean_padded).abs().max() > 1e-3
+    else:
+        # tiny: the long side is capped at 585, 200x1200 -> 98x585
+        assert dense.resized_size == (98, 585)
