@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from maskdex.jobs.arguments import positive_int
 
 
@@ -17,9 +19,15 @@ def add_parser(commands) -> None:
 
 
 def run_serve(args) -> int:
-    from maskdex.jobs.serve.app import serve_forever
+    """0 after Ctrl-C; 2 for a config that cannot work (checked before Ray starts: every missing weight
+    file, the database); 1 when a deployment fails to start anyway, with its replicas' exception."""
+    from maskdex.jobs.serve.app import ServiceStartError, serve_forever
     from maskdex.jobs.serve.config import load_config
 
     config = load_config(args.config, db=args.db)
-    serve_forever(config, host=args.host, port=args.port, address=args.address)
+    try:
+        serve_forever(config, host=args.host, port=args.port, address=args.address)
+    except ServiceStartError as error:
+        print(f"maskdex serve: error: the service did not start:\n{error}", file=sys.stderr)
+        return 1
     return 0

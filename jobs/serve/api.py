@@ -40,6 +40,8 @@ from maskdex.jobs.serve.query_vectors import QueryVectors
 log = logging.getLogger("maskdex.serve")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
+# How long /healthz waits for a model replica to answer; a Kubernetes probe's timeoutSeconds must exceed it.
+_READY_WAIT_S = 1.0
 # Form fields are short (a set name, a class list); anything longer is not a real client.
 _MAX_FORM_FIELD = 64 * 1024
 
@@ -171,11 +173,23 @@ class Api:
         self._index = None
         self.query_vectors = QueryVectors(encoder, self.config.text_cache_size, _model_call)
         app.state.metrics = RequestMetrics()
+        self._ready = False
+        app.openapi_schema = None  # rebuilt with this config's limits (openapi.service_schema)
+        app.openapi = lambda: openapi.service_schema(app, self.limits)
 
     # Pages and health
 
-    @app.get("/healthz")
-    async def healthz(self) -> dict:
+    @app.get("/healthz", response_model=openapi.Health,
+             responses={503: {"model": openapi.NotReady, "description": "not ready yet: what it waits for"}})
+    async def healthz(self):
+        """Ready only when a search can be served: every model replica answers and the table is open.
+        Before that a 503, so a probe (or a load balancer) sends no traffic to a half-started service."""
+        if not self._ready:
+            waiting = await self._readiness()
+            if waiting:
+                return JSONResponse({"status": "starting", "waiting_for": waiting}, status_code=503)
+            # Once ready, stays ready: the models do not unload, and Serve itself replaces a replica that dies.
+            self._ready = True
         return {"status": "ok", "db": self.config.db, "preset": self.config.preset}
 
     @app.get("/", include_in_schema=False)
@@ -209,15 +223,16 @@ class Api:
         media_type = mimetypes.guess_type(row["uri"])[0] or "application/octet-stream"
         return Response(data, media_type=media_type)
 
-    @app.get("/images/{image_id}/regions", responses=openapi.errors(400, 404, 422))
+    @app.get("/images/{image_id}/regions", response_model=openapi.ImageRegions,
+             responses=openapi.errors(400, 404, 422))
     async def regions(self, image_id: str) -> dict:
         row = await asyncio.to_thread(self._indexed, image_id)
         stored = await asyncio.to_thread(self._index_store().regions_of, image_id)
         regions = [{key: value for key, value in region.items() if key != "embedding"} for region in stored]
         return {"image_id": image_id, "width": row["width"], "height": row["height"], "regions": regions}
 
-    @app.get("/images/{image_id}/segmentation", responses=openapi.errors(400, 404, 422),
-             openapi_extra=openapi.segmentation_query())
+    @app.get("/images/{image_id}/segmentation", response_model=openapi.StoredSegmentation,
+             responses=openapi.errors(400, 404, 422), openapi_extra=openapi.segmentation_query())
     async def segmentation(self, image_id: str, request: Request) -> dict:
         """The image's stored corpus segmentation (maskdex segment-index); see jobs/serve/segmentations.py."""
         from maskdex.jobs.serve.segmentations import parse_params, stored_segmentation
@@ -227,7 +242,8 @@ class Api:
 
     # Segmentation and support sets
 
-    @app.post("/segment", responses=openapi.errors(400, 404, 413, 422), openapi_extra=openapi.segment_body())
+    @app.post("/segment", response_model=openapi.SegmentAnswer, responses=openapi.errors(400, 404, 413, 422),
+              openapi_extra=openapi.segment_body())
     async def segment(self, request: Request) -> dict:
         if _is_multipart(request):
             form = await self._form(request)
@@ -249,7 +265,8 @@ class Api:
         return await _model_call(self.segmenter.segment.remote(image, params.set_name, params.classes, params.mode,
                                                                params.shots_only, params.seed, params.image_id))
 
-    @app.post("/supports", responses=openapi.errors(400, 401, 413, 415, 422), openapi_extra=openapi.supports_body())
+    @app.post("/supports", response_model=openapi.SupportAdded, responses=openapi.errors(400, 401, 413, 415, 422),
+              openapi_extra=openapi.supports_body())
     async def add_support(self, request: Request) -> dict:
         self._authorise(request)
         if not _is_multipart(request):
@@ -270,11 +287,33 @@ class Api:
             raise BadInput(f"label map is {label_size[0]}x{label_size[1]} but the image is {width}x{height}")
         return await _model_call(self.segmenter.add_example.remote(set_name, image, labels, classes))
 
-    @app.get("/supports")
+    @app.get("/supports", response_model=openapi.SupportSets)
     async def list_supports(self) -> dict:
         return {"sets": await self.segmenter.list_sets.remote()}
 
     # Helpers
+
+    async def _readiness(self) -> list[str]:
+        """What the service still waits for (empty: ready). A model deployment is ready when one of its
+        replicas answers, which it does only after its constructor loaded the models."""
+        async def answers(name: str, handle) -> str | None:
+            response = handle.ready.remote()
+            try:
+                await asyncio.wait_for(response, _READY_WAIT_S)
+                return None
+            except asyncio.TimeoutError:
+                response.cancel()
+                return f"{name}: no replica is up yet"
+            except Exception as error:  # the replica died or could not be reached
+                return f"{name}: {type(error).__name__}: {error}"
+
+        models = [("TextEncoder", self.encoder), ("Segmenter", self.segmenter)]
+        waiting = [item for item in await asyncio.gather(*(answers(*model) for model in models)) if item]
+        try:
+            await asyncio.to_thread(self._index_store)
+        except (FileNotFoundError, ValueError, OSError) as error:
+            waiting.append(f"database: {error}")
+        return waiting
 
     def _authorise(self, request: Request) -> None:
         token = self.token

@@ -7,9 +7,11 @@ naming a YAML file that holds it, with any `maskdex` keys given beside "config" 
 
 from __future__ import annotations
 
+import re
 import time
 
 from maskdex.jobs.serve.config import ServiceConfig, load_config, parse_config
+from maskdex.jobs.serve.preflight import check_service
 
 APP_NAME = "maskdex"
 # How many requests a replica takes at once unless configured: the encoder must hold several batches
@@ -18,7 +20,9 @@ _DEFAULT_ONGOING = {"TextEncoder": 64, "Segmenter": 2, "Api": 256, "Reranker": 3
 
 
 def build_app(args: dict):
-    return build(_config_from_args(dict(args or {})))
+    config = _config_from_args(dict(args or {}))
+    check_service(config)  # on the cluster, before any replica is asked for (jobs/serve/preflight.py)
+    return build(config)
 
 
 def build(config: ServiceConfig):
@@ -48,21 +52,61 @@ def build(config: ServiceConfig):
     return Api.options(**options("Api")).bind(encoder, segmenter, settings, reranker)
 
 
+class ServiceStartError(RuntimeError):
+    """The application was deployed but did not start; the message holds each failed deployment's cause."""
+
+
 def start(config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None) -> str:
-    """Deploy the application on Ray (a local instance unless address names a cluster); returns its URL."""
+    """Deploy the application on Ray (a local instance unless address names a cluster) and wait until
+    it runs; returns its URL. ServicePreflightError before Ray starts, ServiceStartError if it fails."""
     import ray
     from ray import serve
 
     from maskdex.pipelines.common.ray_pools import init_ray
 
+    check_service(config)
     if not ray.is_initialized():
         init_ray(address)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build(config), name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.run(build(config), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as error:  # Serve's own words stop at "Failed to update the deployments [...]"
+        raise ServiceStartError(failure_report(APP_NAME) or str(error)) from None
     return f"http://{host}:{port}"
 
 
+def failure_report(app_name: str) -> str:
+    """Why an application failed to deploy, from Serve's status: each failed deployment with the
+    exception its replicas raised (which Serve otherwise keeps in the controller's log files)."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus, DeploymentStatus
+
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return ""
+    failed = [(name, deployment.message) for name, deployment in status.deployments.items()
+              if deployment.status in (DeploymentStatus.DEPLOY_FAILED, DeploymentStatus.UNHEALTHY)]
+    if failed:
+        lines = [f"deployment {name} failed to start: {exception_line(message)}" for name, message in failed]
+    elif status.status == ApplicationStatus.DEPLOY_FAILED and status.message:
+        lines = [f"application {app_name} failed to build: {exception_line(status.message)}"]
+    else:
+        return ""
+    return "\n".join(lines)
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", re.MULTILINE)
+
+
+def exception_line(message: str) -> str:
+    """The last "SomeError: what happened" line of a traceback text (the cause, not its wrappers);
+    the whole message when it holds none."""
+    found = _EXCEPTION_LINE.findall(message or "")
+    return found[-1].strip() if found else (message or "").strip()
+
+
 def serve_forever(config: ServiceConfig, *, host: str, port: int, address: str | None = None) -> None:
+    import ray
     from ray import serve
 
     try:  # Ctrl-C may come while the replicas are still starting
@@ -73,7 +117,8 @@ def serve_forever(config: ServiceConfig, *, host: str, port: int, address: str |
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
-        serve.shutdown()
+        if ray.is_initialized():  # not after a failed preflight: Ray never started
+            serve.shutdown()
 
 
 def _config_from_args(args: dict) -> ServiceConfig:

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from maskdex.jobs.serve.config import Limits
 
-_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
+IMAGE_ID_PATTERN = "^[0-9a-f]{64}$"  # the SHA-256 of the file, as the index stores it
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 _SEED_MAX = 2**31 - 1
 
 

@@ -31,6 +31,10 @@ class TextEncoder:
         self._embed.set_max_batch_size(settings.batching.max_batch_size)
         self._embed.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
 
+    def ready(self) -> bool:
+        """Answered once the constructor has loaded the model (the ingress's readiness check)."""
+        return True
+
     async def embed(self, text: str, templates: bool) -> np.ndarray:
         from maskdex.pipelines.search import check_query_text
 
@@ -68,6 +72,9 @@ class SegmenterModel:
         self._lock = threading.Lock()
         self._segment_batch.set_max_batch_size(settings.segment_batching.max_batch_size)
         self._segment_batch.set_batch_wait_timeout_s(settings.segment_batching.batch_wait_timeout_s)
+
+    def ready(self) -> bool:
+        return True
 
     async def segment(self, image: bytes, set_name: str, classes: list[str] | None, mode: str, shots_only: bool,
                       seed: int, image_id: str | None) -> dict:

@@ -4,9 +4,12 @@ errors. Clients and API testers (tests/jobs/serve/test_serve_schema.py runs Sche
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
 
-from maskdex.jobs.serve.inputs import SearchRequest, SegmentRequest
+from pydantic import BaseModel, ConfigDict, Field
+
+from maskdex.jobs.serve.config import Limits
+from maskdex.jobs.serve.inputs import IMAGE_ID_PATTERN, SearchRequest, SegmentRequest
 
 
 class ErrorAnswer(BaseModel):
@@ -38,6 +41,84 @@ class SearchHit(BaseModel):
     uri: str
     score: float
     region: SearchRegion
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    db: str
+    preset: str
+
+
+class NotReady(BaseModel):
+    status: Literal["starting"]
+    waiting_for: list[str]
+
+
+class Region(BaseModel):
+    """A stored region, without its embedding."""
+
+    model_config = ConfigDict(extra="allow")
+
+    region_id: str
+    image_id: str
+    rle: Rle
+    bbox: list[int]
+    area: int
+    predicted_iou: float
+    stability_score: float
+
+
+class ImageRegions(BaseModel):
+    image_id: str
+    width: int
+    height: int
+    regions: list[Region]
+
+
+class Segmentation(BaseModel):
+    """What POST /segment and GET /images/{image_id}/segmentation share: labels_png is a base64 PNG of
+    class indices into `classes`, masks one RLE per class, regions where region mode got its regions."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    image_id: str | None
+    set_name: str = Field(alias="set")
+    width: int
+    height: int
+    mode: Literal["patch", "region"]
+    regions: Literal["index", "sam2"] | None
+    classes: list[str]
+    found: list[str]
+    pixel_fractions: dict[str, float]
+    visual_support: list[str]
+    text_support: list[str]
+    used_fallback: bool
+    colours: list[list[int]]
+    labels_png: str
+    masks: dict[str, Rle]
+
+
+class SegmentAnswer(Segmentation):
+    support_images: dict[str, int]  # class -> examples of it in the set
+
+
+class StoredSegmentation(Segmentation):
+    models: str
+    seed: int
+    shots_only: bool
+    segmented_at: str  # ISO 8601
+
+
+class SupportSets(BaseModel):
+    sets: dict[str, dict[str, int]]  # set -> class -> number of example images
+
+
+class SupportAdded(BaseModel):
+    set_name: str = Field(alias="set")
+    image_id: str
+    classes: dict[str, int]  # class -> its pixels in the example
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 _MESSAGES = {400: "the request is malformed or names something invalid", 401: "a bearer token is needed",
@@ -111,3 +192,57 @@ def _inline(model: type[BaseModel]) -> dict:
 
 
 SEARCH_BODY = json_body(SearchRequest)
+
+
+def service_schema(app, limits: Limits) -> dict:
+    """FastAPI's schema of the app with the bounds that a service's limits (its config) put on requests,
+    so that the schema's valid requests are the ones the server takes (FastAPI.openapi, then once more)."""
+    from fastapi import FastAPI
+
+    if app.openapi_schema is None:
+        apply_limits(FastAPI.openapi(app), limits)
+    return app.openapi_schema
+
+
+def apply_limits(schema: dict, limits: Limits) -> None:
+    image_id = {"pattern": IMAGE_ID_PATTERN}
+    search = _json_schema(schema, "/search", "post")
+    if search is not None:
+        fields = search.get("properties", {})
+        # A text of spaces only is refused as empty: at least one other character.
+        _bound(fields.get("text"), "string", minLength=1, maxLength=limits.max_text_chars, pattern=r"\S")
+        _bound(fields.get("k"), "integer", minimum=1, maximum=limits.max_k)
+        _bound(fields.get("oversample"), "integer", minimum=1, maximum=limits.max_oversample)
+        _bound(fields.get("rerank_top"), "integer", minimum=1, maximum=limits.max_k)
+        filters = fields.get("filters") or {}
+        for option in [filters, *filters.get("anyOf", [])]:
+            ids = (option.get("properties") or {}).get("image_ids")
+            for variant in [ids or {}, *(ids or {}).get("anyOf", [])]:
+                if variant.get("type") == "array":
+                    variant["items"] = {**variant.get("items", {}), **image_id}
+    segment = _json_schema(schema, "/segment", "post")
+    if segment is not None:
+        _bound(segment.get("properties", {}).get("image_id"), "string", **image_id)
+        _bound(segment.get("properties", {}).get("classes"), "array", maxItems=limits.max_classes)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") == "image_id":
+                    _bound(parameter["schema"], "string", **image_id)
+
+
+def _json_schema(schema: dict, path: str, method: str) -> dict | None:
+    try:
+        return schema["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+    except KeyError:
+        return None
+
+
+def _bound(node: dict | None, kind: str, **keywords) -> None:
+    """Add keywords to a property schema of the given type, or to its branch of that type (an optional
+    field is anyOf [type, null])."""
+    if not node:
+        return
+    for variant in [node, *node.get("anyOf", [])]:
+        if variant.get("type") == kind:
+            variant.update(keywords)

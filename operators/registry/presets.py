@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -150,6 +151,21 @@ def preset_from_fingerprint(fingerprint: str) -> ModelPreset:
         raise ValueError(f"the index was built by {fingerprint!r}, which this maskdex version defines as "
                          f"{preset.fingerprint!r}")
     return preset
+
+
+def missing_weight_files(preset_name: str, weights_dir: str | os.PathLike) -> list[Path]:
+    """The weight files of a preset that are not in `weights_dir`, as the paths they were looked for
+    at (empty for tiny, or when all are there). Only presence is checked: reading a checkpoint costs
+    seconds to minutes, which a check before starting anything must not. A file the loader may fetch
+    from the hub (MASKDEX_ALLOW_DOWNLOAD=1) is not missing."""
+    preset = get_preset(preset_name)
+    directory = Path(weights_dir).expanduser()
+    needed = {preset.sam2.checkpoint: preset.sam2.hub_id is not None,
+              preset.alpha_clip.clip_weights: preset.alpha_clip.hub_pretrained is not None,
+              preset.alpha_clip.alpha_checkpoint: False,
+              preset.dense_clip.clip_weights: preset.dense_clip.hub_pretrained is not None}
+    return [directory / name for name, downloadable in needed.items()
+            if name and not (directory / name).is_file() and not (downloadable and downloads_allowed())]
 
 
 def build_sam2_model(spec: SAM2Spec, weights: str | os.PathLike | None = None):

@@ -42,8 +42,11 @@ def test_the_rayjob_runs_a_real_maskdex_command_on_gpu_workers():
     assert _gpu_workers(job["spec"]["rayClusterSpec"])
 
 
-def test_the_rayservice_serves_the_serve_config_and_builds_the_application():
+def test_the_rayservice_serves_the_serve_config_and_builds_the_application(tmp_path, monkeypatch):
     from ray.serve import Application
+
+    from maskdex.jobs.serve.preflight import ServicePreflightError
+    from maskdex.operators.registry.presets import missing_weight_files
 
     service = _manifest("rayservice.yaml")
     assert service["kind"] == "RayService"
@@ -52,6 +55,16 @@ def test_the_rayservice_serves_the_serve_config_and_builds_the_application():
     (app,) = serve_config["applications"]
     module, _, attribute = app["import_path"].partition(":")
     builder = getattr(importlib.import_module(module), attribute)
+    # Where the weights are not, the builder refuses before any replica is asked for, naming each file.
+    monkeypatch.setenv("MASKDEX_WEIGHTS", str(tmp_path))
+    monkeypatch.delenv("MASKDEX_ALLOW_DOWNLOAD", raising=False)
+    missing = missing_weight_files(app["args"]["maskdex"]["preset"], tmp_path)
+    assert missing
+    with pytest.raises(ServicePreflightError) as refused:
+        builder(app["args"])
+    assert all(str(path) in str(refused.value) for path in missing)
+    for path in missing:  # present (the check looks for the files; reading them is the replicas' job)
+        path.touch()
     assert isinstance(builder(app["args"]), Application)
     config = parse_config(app["args"])
     for name in ("TextEncoder", "Segmenter"):  # the model deployments get GPUs
