@@ -25,6 +25,8 @@ from maskdex.storage.schemas import IMAGES, REGIONS
 from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_string, sql_strings
 
 __all__ = ["IndexStore", "ModelMismatchError"]
+# The images table's config key under which a sync notes what it did (pipelines/index/sync.py).
+LAST_SYNC = "maskdex.last_sync"
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
 # Rows a merge of small region fragments aims at: the size below which a fragment is merged again,
@@ -107,6 +109,14 @@ class IndexStore:
         return DigestSet.of_parts(16, (np.array([source_key(*values) for values in
                                                  zip(*(batch.column(name).to_pylist() for name in columns))],
                                                 dtype="S16") for batch in batches))
+
+    @property
+    def images_table(self):
+        return self._images
+
+    @property
+    def regions_table(self):
+        return self._regions
 
     @property
     def regions_dataset_uri(self) -> str:
@@ -302,6 +312,9 @@ class IndexStore:
             "indexed": index is not None,
             "unindexed_rows": regions if index is None else index.num_unindexed_rows,
             "vector_index": None if index is None else self._vector_params(index).describe(),
+            # Removed rows still in the data files (storage/removal.py), and what the last sync did.
+            "deleted_rows": {IMAGES: tables.deleted_rows(self._images), REGIONS: tables.deleted_rows(self._regions)},
+            "last_sync": tables.read_note(self._images, LAST_SYNC),
         }
 
     def storage_stats(self) -> dict:

@@ -42,18 +42,25 @@ def where_clause(filters: dict | None) -> str | None:
 class UriCache:
     """image_id -> uri of committed images, the most recently used first out of a bounded map.
 
-    Safe to keep across commits: an image's row is never rewritten (a re-run skips stored images)
-    and only failed images, which have no regions, are ever deleted. A hit saves the images-table
-    lookup, the second query of a search; a miss (an image not committed) is never cached.
+    A hit saves the images-table lookup, the second query of a search; a miss (an image not
+    committed) is never cached. An images row may be deleted (storage/removal.py: its regions go
+    after it) or re-pointed to a moved file (a sync), so the cache holds for one version of the
+    images table and is dropped when the table moves on: asking for the version costs a fraction of
+    a millisecond, and a reader's table looks for a new one at most every READER_CONSISTENCY.
     """
 
     def __init__(self, size: int = 100_000):
         self.size = size
         self._uris: OrderedDict[str, str] = OrderedDict()
+        self._version: int | None = None
         self._lock = threading.Lock()
 
     def lookup(self, images, image_ids: list[str]) -> dict[str, str]:
+        version = images.version
         with self._lock:
+            if version != self._version:
+                self._uris.clear()
+                self._version = version
             found = {image_id: self._uris[image_id] for image_id in image_ids if image_id in self._uris}
             for image_id in found:
                 self._uris.move_to_end(image_id)
@@ -61,9 +68,10 @@ class UriCache:
         if missing:
             fetched = _uris(images, missing)
             with self._lock:
-                self._uris.update(fetched)
-                while len(self._uris) > self.size:
-                    self._uris.popitem(last=False)
+                if version == self._version:  # else fetched from a version already left behind
+                    self._uris.update(fetched)
+                    while len(self._uris) > self.size:
+                        self._uris.popitem(last=False)
             found.update(fetched)
         return found
 

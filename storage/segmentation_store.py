@@ -134,6 +134,10 @@ class SegmentationStore:
         """Delete the key's failed rows, so that a re-run retries those images."""
         return self._table.delete(f"{key.where()} AND status = 'failed'").num_deleted_rows
 
+    def delete_images(self, image_ids: list[str]) -> int:
+        """Delete every row of these images (all keys), in one commit; returns the rows deleted."""
+        return self._table.delete(f"image_id IN {sql_strings(image_ids)}").num_deleted_rows if image_ids else 0
+
     def tidy(self) -> None:
         """Merge the small fragments that per-batch commits leave (up to _MERGED_ROWS rows each) and
         add their rows to the image_id index, then drop versions older than KEEP_VERSIONS_FOR, which
@@ -166,6 +170,17 @@ class SegmentationStore:
 
     def count(self, key: SegmentationKey | None = None) -> int:
         return self._table.count_rows(key.where() if key else None)
+
+    def count_images(self, image_ids: list[str]) -> int:
+        """Rows of these images, all keys."""
+        return self._table.count_rows(f"image_id IN {sql_strings(image_ids)}") if image_ids else 0
+
+    def image_ids(self) -> set[str]:
+        """Every image that has a row (any key)."""
+        found: set[str] = set()
+        for batch in self._table.search().select(["image_id"]).limit(None).to_batches():
+            found.update(batch.column("image_id").to_pylist())
+        return found
 
 
 def _check_row(index: int, row: dict, key: SegmentationKey) -> None:

@@ -7,6 +7,7 @@ build record is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
@@ -65,6 +66,24 @@ def batches(table, columns: list[str], where: str | None = None):
     if where:
         query = query.where(where)
     return query.select(columns).limit(None).to_batches()
+
+
+def deleted_rows(table) -> int:
+    """Rows deleted from the table whose bytes are still in its data files: Lance hides them at once
+    (deletion files) and drops them when a compaction rewrites their fragment."""
+    return sum(fragment.metadata.deletion_file.num_deleted_rows for fragment in table.to_lance().get_fragments()
+               if fragment.metadata.deletion_file is not None)
+
+
+def read_note(table, key: str) -> dict | None:
+    """A JSON note kept in the table's Lance config (say, the last sync), or None."""
+    text = table.to_lance().config().get(key)
+    return None if text is None else json.loads(text)
+
+
+def write_note(table, key: str, note: dict) -> None:
+    """Keep a JSON note in the table's Lance config: one small commit, kept through compactions."""
+    table.to_lance().update_config({key: json.dumps(note, default=str)})
 
 
 def sql_string(value: str) -> str:

@@ -238,7 +238,10 @@ class Api:
         from maskdex.jobs.serve.segmentations import parse_params, stored_segmentation
 
         params = parse_params(dict(request.query_params))
-        return await asyncio.to_thread(lambda: stored_segmentation(self._segmentation_store(), image_id, params))
+        found = await asyncio.to_thread(lambda: stored_segmentation(self._segmentation_store(), image_id, params))
+        if await asyncio.to_thread(self._index_store().image, image_id) is None:  # removed (storage/removal.py)
+            raise BadInput(f"no segmentation of image {image_id}: it is not in the index", 404)
+        return found
 
     # Segmentation and support sets
 
