@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskdex.jobs.commands import demo, evaluate, index, remove, samples, segment, serve
+from maskdex.jobs.commands import demo, evaluate, index, reembed, remove, samples, segment, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     index.add_parsers(commands)
     remove.add_parser(commands)
+    reembed.add_parser(commands)
     segment.add_parsers(commands)
     serve.add_parser(commands)
     samples.add_parser(commands)

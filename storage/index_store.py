@@ -297,6 +297,21 @@ class IndexStore:
         rows_ = self._where(self._regions, f"image_id = {sql_string(image_id)}").to_pylist()
         return [_with_array_embedding(row) for row in sorted(rows_, key=_region_number)]
 
+    def image_rows(self, columns: list[str]):
+        """Every images row (these columns), as lists of row dicts, one per scanned batch."""
+        for batch in self._batches(self._images, columns):
+            yield batch.to_pylist()
+
+    def masks_of(self, image_ids: list[str]) -> dict[str, list[dict]]:
+        """Per image: its regions without their embeddings, in region number order (what a
+        re-embed reads: one lookup per chunk of images, served by the image_id index)."""
+        found: dict[str, list[dict]] = {image_id: [] for image_id in image_ids}
+        columns = ["region_id", "image_id", "rle", "bbox", "area", "predicted_iou", "stability_score"]
+        for chunk in _chunks(list(dict.fromkeys(image_ids)), _ID_CHUNK):
+            for row in self._where(self._regions, f"image_id IN {sql_strings(chunk)}", columns).to_pylist():
+                found[row["image_id"]].append(row)
+        return {image_id: sorted(rows_, key=_region_number) for image_id, rows_ in found.items()}
+
     def stats(self) -> dict:
         images_ok = self._images.count_rows("status = 'ok'")
         index = vector_index.find_vector_index(self._regions)

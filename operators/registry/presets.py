@@ -57,6 +57,7 @@ class CLIPSpec:
     clip_weights: str | None = None  # open_clip state dict (text tower and base visual tower)
     hub_pretrained: str | None = None  # open_clip's pretrained tag for the same weights
     alpha_checkpoint: str | None = None  # released Alpha-CLIP visual checkpoint (Alpha-CLIP only)
+    seed: int = 0  # random-weight specs only: another seed is another model of the same shape
 
 
 SAM2_PRESETS = {
@@ -82,6 +83,9 @@ ALPHA_CLIP_PRESETS = {
     spec.name: spec
     for spec in (
         CLIPSpec("tiny", TINY_CLIP_CONFIG),
+        # A second random-weight Alpha-CLIP (another seed): what tests and benchmarks re-embed a tiny
+        # index with, as a user re-embeds with a newer checkpoint.
+        CLIPSpec("alpha-clip-tiny-seed1", TINY_CLIP_CONFIG, seed=1),
         CLIPSpec("alpha-clip-b16", "ViT-B-16", "open_clip_ViT-B-16_openai.safetensors", "openai",
                  "clip_b16_grit+mim_fultune_4xe.pth"),
         CLIPSpec("alpha-clip-l14", "ViT-L-14", "open_clip_ViT-L-14_openai.safetensors", "openai",
@@ -118,6 +122,9 @@ PRESETS = {
     preset.name: preset
     for preset in (
         ModelPreset("tiny", SAM2_PRESETS["tiny"], ALPHA_CLIP_PRESETS["tiny"], DENSE_CLIP_PRESETS["tiny"]),
+        # tiny's SAM 2 with another random Alpha-CLIP: `maskdex reembed --from TINY_DB --models tiny-seed1`.
+        ModelPreset("tiny-seed1", SAM2_PRESETS["tiny"], ALPHA_CLIP_PRESETS["alpha-clip-tiny-seed1"],
+                    DENSE_CLIP_PRESETS["tiny"]),
         ModelPreset("fast", SAM2_PRESETS["sam2.1-hiera-t"], ALPHA_CLIP_PRESETS["alpha-clip-b16"],
                     DENSE_CLIP_PRESETS["maskclip-b16-laion2b"]),
         ModelPreset("base", SAM2_PRESETS["sam2.1-hiera-b+"], ALPHA_CLIP_PRESETS["alpha-clip-l14"],
@@ -168,6 +175,33 @@ def missing_weight_files(preset_name: str, weights_dir: str | os.PathLike) -> li
             if name and not (directory / name).is_file() and not (downloadable and downloads_allowed())]
 
 
+KEEP_SAM2 = "keep+"
+
+
+def reembed_preset(name: str, source_fingerprint: str) -> ModelPreset:
+    """The preset a re-embed of an index built by source_fingerprint writes with: `name` must pair the
+    source's SAM 2 (the masks are the source's) with another Alpha-CLIP. Either a preset whose SAM 2
+    is the source's (`tiny-seed1` for a `tiny` index), or 'keep+ALPHACLIP' (e.g.
+    'keep+alpha-clip-l14'), which pairs the source's SAM 2 with that Alpha-CLIP."""
+    source = preset_from_fingerprint(source_fingerprint)
+    if name.startswith(KEEP_SAM2):
+        alpha = name[len(KEEP_SAM2):]
+        if alpha not in ALPHA_CLIP_PRESETS or not alpha.startswith("alpha-clip"):
+            raise ValueError(f"{name!r}: after 'keep+' name an Alpha-CLIP model "
+                             f"({', '.join(n for n in ALPHA_CLIP_PRESETS if n.startswith('alpha-clip'))})")
+        preset = get_preset(f"{source.sam2.name}+{alpha}")
+    else:
+        preset = get_preset(name)
+        if preset.sam2.name != source.sam2.name:
+            raise ValueError(f"preset {name!r} masks with SAM 2 {preset.sam2.name!r}, but the source index's masks "
+                             f"came from {source.sam2.name!r}: name a preset with that SAM 2, or "
+                             f"'keep+{preset.alpha_clip.name if preset.alpha_clip.name.startswith('alpha-clip') else 'ALPHACLIP'}'")
+    if preset.alpha_clip.name == source.alpha_clip.name:
+        raise ValueError(f"the source index was embedded with Alpha-CLIP {source.alpha_clip.name!r} already: "
+                         f"name another one to re-embed with")
+    return preset
+
+
 def build_sam2_model(spec: SAM2Spec, weights: str | os.PathLike | None = None):
     """The SAM 2 network of a spec, with its released weights loaded (random and seeded for tiny)."""
     from sam2.build_sam import build_sam2  # importing sam2 initialises Hydra; only do it when needed
@@ -196,7 +230,7 @@ def load_sam2_checkpoint(model, path: str | os.PathLike) -> None:
 def build_clip_model(spec: CLIPSpec, weights: str | os.PathLike | None = None):
     """An open_clip CLIP with QuickGELU where the weights were trained with it, and its weights loaded."""
     quick_gelu = spec.hub_pretrained in (None, "openai")
-    model = build_clip(spec.arch, quick_gelu=quick_gelu)
+    model = build_clip(spec.arch, quick_gelu=quick_gelu, seed=spec.seed)
     if spec.clip_weights is not None:
         import open_clip
 
@@ -211,7 +245,8 @@ def build_clip_model(spec: CLIPSpec, weights: str | os.PathLike | None = None):
 
 
 def build_alpha_clip(spec: CLIPSpec, weights: str | os.PathLike | None = None) -> AlphaCLIP:
-    model = AlphaCLIP(build_clip_model(spec, weights), alpha_init="random" if spec.alpha_checkpoint is None else "zeros")
+    model = AlphaCLIP(build_clip_model(spec, weights), alpha_init="random" if spec.alpha_checkpoint is None else "zeros",
+                      seed=spec.seed)
     if spec.alpha_checkpoint is not None:
         path = _weight_file(spec.alpha_checkpoint, f"Alpha-CLIP checkpoint of preset {spec.name!r}", weights, hub=None)
         load_alpha_clip_visual(model, path)

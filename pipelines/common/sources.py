@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from maskdex.pipelines.common.shards import SHARD_EXTENSIONS, expand_braces, member_uri, read_samples, split_member
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 PARQUET_EXTENSIONS = frozenset({".parquet"})
 # Column names img2dataset writes image bytes under, in the order they are tried.
@@ -22,6 +24,7 @@ class SourceError(ValueError):
 class Sources:
     files: list[str]  # image file paths or URIs, read one by one
     parquet: list[str]  # parquet files holding image bytes
+    shards: list[str] = ()  # tar shards in webdataset's layout (pipelines/common/shards.py)
 
 
 def _is_uri(source: str) -> bool:
@@ -31,18 +34,28 @@ def _is_uri(source: str) -> bool:
 def expand_sources(sources: list[str]) -> Sources:
     """Every image file and parquet file named by the sources, in a stable order.
 
-    Folders are walked recursively for image extensions; a path that does not exist is kept as a
+    Brace patterns (`shards/{00000..00099}.tar`) expand first. Folders are walked recursively for
+    image, parquet and tar extensions; a path that does not exist is kept as a
     file reference so that the job records it as failed rather than forgetting it.
     """
     if not sources:
         raise SourceError("no SOURCE given: name image files, folders, glob patterns or parquet files")
     files: list[str] = []
     parquet: list[str] = []
-    for source in sources:
-        matched = _expand_uri(source) if _is_uri(source) else _expand_local(source)
-        for path in matched:
-            (parquet if os.path.splitext(path)[1].lower() in PARQUET_EXTENSIONS else files).append(path)
-    return Sources(files=list(dict.fromkeys(files)), parquet=list(dict.fromkeys(parquet)))
+    shards: list[str] = []
+    for pattern in sources:
+        try:
+            expanded = expand_braces(pattern)
+        except ValueError as error:
+            raise SourceError(str(error)) from None
+        for source in expanded:
+            matched = _expand_uri(source) if _is_uri(source) else _expand_local(source)
+            for path in matched:
+                extension = os.path.splitext(path)[1].lower()
+                (parquet if extension in PARQUET_EXTENSIONS else shards if extension in SHARD_EXTENSIONS
+                 else files).append(path)
+    return Sources(files=list(dict.fromkeys(files)), parquet=list(dict.fromkeys(parquet)),
+                   shards=list(dict.fromkeys(shards)))
 
 
 def _expand_local(source: str) -> list[str]:
@@ -56,7 +69,7 @@ def _expand_local(source: str) -> list[str]:
         for root, dirs, names in os.walk(source):
             dirs.sort()
             found.extend(os.path.join(root, name) for name in sorted(names)
-                         if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS)
+                         if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS | SHARD_EXTENSIONS)
         return [os.path.abspath(path) for path in found]
     return [os.path.abspath(source)]
 
@@ -69,7 +82,7 @@ def _expand_uri(source: str) -> list[str]:
         selector = pafs.FileSelector(path, recursive=True)
         return sorted(f"{scheme}://{entry.path}" for entry in filesystem.get_file_info(selector)
                       if entry.type == pafs.FileType.File
-                      and os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS)
+                      and os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS | SHARD_EXTENSIONS)
     return [source]
 
 
@@ -81,6 +94,35 @@ def read_bytes(uri: str) -> bytes:
             return stream.read()
     with open(uri, "rb") as handle:
         return handle.read()
+
+
+def read_inputs(uris: list[str]) -> list[tuple[bytes | None, str | None]]:
+    """(bytes, None) or (None, why not) for each input a run recorded: a file or URI, or a sample of a
+    tar shard (SHARD#KEY; the samples of one shard are found in one pass over it)."""
+    results: dict[str, tuple[bytes | None, str | None]] = {}
+    by_shard: dict[str, set[str]] = {}
+    for uri in uris:
+        member = split_member(uri)
+        if member is not None:
+            by_shard.setdefault(member[0], set()).add(member[1])
+            continue
+        if "#" in uri and not os.path.exists(uri) and os.path.splitext(uri.rpartition("#")[0])[1].lower() in PARQUET_EXTENSIONS:
+            results[uri] = (None, "a row of a parquet file cannot be read again on its own; index its file instead")
+            continue
+        try:
+            results[uri] = (read_bytes(uri), None)
+        except OSError as error:
+            results[uri] = (None, f"cannot read file: {type(error).__name__}: {error.strerror or error}")
+    for shard, keys in by_shard.items():
+        found, broken = {}, None
+        for sample in read_samples(shard, wanted=keys.__contains__):
+            if sample.key in keys:
+                found[sample.key] = (sample.image, sample.error)
+            elif sample.error and not sample.skipped:
+                broken = sample.error  # the shard broke off: that is why the rest is missing
+        for key in keys:
+            results[member_uri(shard, key)] = found.get(key) or (None, broken or f"shard {shard} has no sample {key!r}")
+    return [results[uri] for uri in uris]
 
 
 def identify(uris: list[str]) -> list[tuple[int, int] | None]:

@@ -91,6 +91,7 @@ class IndexSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its SAM 2 actors handled
     index: dict | None = None
+    action: str = "indexed"  # or "re-embedded" (pipelines/index/reembed.py)
 
     @property
     def images_per_second(self) -> float:
@@ -103,7 +104,7 @@ class IndexSummary:
 
     def render(self) -> str:
         lines = [
-            f"indexed {self.inputs} inputs in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
+            f"{self.action} {self.inputs} inputs in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
             f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped} ({self.unread} decided without "
             f"reading them), duplicates {self.duplicates}",
             f"  regions written {self.regions}",
@@ -142,7 +143,18 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster)
 
     # Parquet sources hold an unknown number of images until read.
-    progress = Progress("index", None if expanded.parquet else len(files))
+    commit_results(dataset, writer, preset.fingerprint, summary,
+                   Progress("index", None if expanded.parquet else len(files)))
+    writer.close()
+    if settings.build_index:
+        summary.index = store.maybe_build_index()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSummary, progress: Progress) -> None:
+    """Hand what the Alpha-CLIP stage (EmbedStage) streams back to the committer, counting every input.
+    The one driver loop of the index and re-embed jobs."""
     # batch_size=None: each block as it arrives, so the writer's clock, not a batch size, decides commits.
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         writes: dict[str, list[dict]] = {}  # one worker write (an Alpha-CLIP batch) -> its images
@@ -156,7 +168,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
             else:
                 writes.setdefault(row["fragments"], []).append(row)
         for write, rows in writes.items():
-            taken = writer.add([image_row(row, preset.fingerprint) for row in rows], RegionFragments.from_json(write))
+            taken = writer.add([image_row(row, models) for row in rows], RegionFragments.from_json(write))
             for row, took in zip(rows, taken):
                 if not took:
                     summary.duplicates += 1
@@ -168,11 +180,6 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
                 else:
                     summary.failed += 1
                     summary.failures.append((row["uri"], row["error"]))
-    writer.close()
-    if settings.build_index:
-        summary.index = store.maybe_build_index()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
@@ -188,6 +195,11 @@ def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet:
                                "threads": max(1, int(settings.sam.num_cpus))},
         **actor_pool(settings.sam, sam_actors),
     )
+    return embed_stage(dataset, store, settings, clip_actors)
+
+
+def embed_stage(dataset, store: IndexStore, settings: IndexSettings, actors: int):
+    """Alpha-CLIP on `actors` actors, writing regions into store (the index and re-embed jobs' last stage)."""
     return dataset.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
@@ -195,7 +207,7 @@ def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet:
                                "threads": max(1, int(settings.clip.num_cpus)),
                                "regions_uri": store.regions_dataset_uri, "models": store.models,
                                "claims": start_claims()},
-        **actor_pool(settings.clip, clip_actors),
+        **actor_pool(settings.clip, actors),
     )
 
 

@@ -1,0 +1,81 @@
+"""maskdex reembed on a real local Ray instance and real LanceDB directories: a tiny index embedded
+again with another random Alpha-CLIP (preset tiny-seed1, the same SAM 2)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import lancedb
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from maskdex.operators.registry.presets import get_preset, reembed_preset
+from maskdex.pipelines.index.job import run_index
+from maskdex.pipelines.index.reembed import run_reembed
+from tests.support.corpus import index_settings
+
+# max_side below the photos' size: the index downscales them for SAM 2, so the re-embed must bring the
+# stored (full-size) masks back to the working size exactly.
+SETTINGS = index_settings(commit_every=2, max_side=96)
+
+
+def _table(db, name) -> dict[str, dict]:
+    key = "image_id" if name == "images" else "region_id"
+    return {row[key]: row for row in lancedb.connect(str(db)).open_table(name).to_arrow().to_pylist()}
+
+
+def _folder(root):
+    root.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).resize((160, 120)).save(root / f"{name}.png")
+    (root / "notes.jpg").write_text("not an image: a failed row that the new database keeps\n")
+    return root
+
+
+@pytest.mark.slow
+def test_reembed_keeps_masks_and_gives_the_index_jobs_embeddings(tmp_path, ray_local):
+    folder = _folder(tmp_path / "photos")
+    old, new, fresh = tmp_path / "old", tmp_path / "new", tmp_path / "fresh"
+    run_index([str(folder)], str(old), SETTINGS)
+    summary = run_reembed(str(old), str(new), replace(SETTINGS, models="tiny-seed1"))
+    assert (summary.ok, summary.failed, summary.skipped) == (3, 1, 0), summary.render()
+    run_index([str(folder)], str(fresh), replace(SETTINGS, models="tiny-seed1"))
+
+    old_images, new_images, fresh_images = (_table(db, "images") for db in (old, new, fresh))
+    assert set(new_images) == set(old_images) == set(fresh_images)
+    for image_id, row in new_images.items():
+        assert (row["status"], row["n_regions"], row["uri"]) == (old_images[image_id]["status"],
+                                                                  old_images[image_id]["n_regions"],
+                                                                  old_images[image_id]["uri"])
+    assert "not an image" in next(r["error"] for r in new_images.values() if r["status"] == "failed")
+    assert new_images[next(iter(new_images))]["models"] == get_preset("tiny-seed1").fingerprint
+
+    old_regions, new_regions, fresh_regions = (_table(db, "regions") for db in (old, new, fresh))
+    assert set(new_regions) == set(old_regions) == set(fresh_regions) and new_regions
+    for region_id, region in new_regions.items():
+        for name in ("rle", "bbox", "area", "predicted_iou", "stability_score"):
+            assert region[name] == old_regions[region_id][name], (region_id, name)
+        # Another model: other embeddings; the index job with that model on the same masks: the same.
+        assert not np.allclose(region["embedding"], old_regions[region_id]["embedding"], atol=1e-3)
+        np.testing.assert_allclose(region["embedding"], fresh_regions[region_id]["embedding"], atol=1e-4)
+    for image_id, row in new_images.items():
+        if row["status"] == "ok":
+            np.testing.assert_allclose(row["embedding"], fresh_images[image_id]["embedding"], atol=1e-4)
+
+    again = run_reembed(str(old), str(new), replace(SETTINGS, models="tiny-seed1"))
+    assert (again.ok, again.failed, again.skipped) == (0, 0, 4)
+
+
+def test_the_sam2_part_must_be_the_sources(tmp_path):
+    tiny = get_preset("tiny").fingerprint
+    assert reembed_preset("tiny-seed1", tiny).name == "tiny-seed1"
+    kept = reembed_preset("keep+alpha-clip-tiny-seed1", tiny)
+    assert kept.sam2.name == "tiny" and kept.alpha_clip.name == "alpha-clip-tiny-seed1"
+    with pytest.raises(ValueError, match="keep\\+alpha-clip-b16"):
+        reembed_preset("fast", tiny)
+    with pytest.raises(ValueError, match="already"):
+        reembed_preset("tiny", tiny)
+    with pytest.raises(ValueError, match="after 'keep\\+'"):
+        reembed_preset("keep+nonsense", tiny)
