@@ -269,7 +269,7 @@ class IndexStore:
 
         Each result: {"image_id", "uri", "score", "region": {"region_id", "bbox": [x, y, w, h],
         "rle": {"size": [h, w], "counts": str}, "score"}}; scores are cosine similarities.
-        filters: {"min_area": int, "max_area": int, "image_ids": [...]}, any subset.
+        filters: {"min_area": int, "max_area": int, "image_ids": [...], "exclude_image_ids": [...]}, any subset.
         exact=True skips the vector index (ground truth for recall).
         """
         query = self._check_query(query)
@@ -286,6 +286,28 @@ class IndexStore:
     def image(self, image_id: str) -> dict | None:
         rows_ = self._where(self._images, f"image_id = {sql_string(image_id)}").to_pylist()
         return _with_array_embedding(rows_[0]) if rows_ else None
+
+    def stored_vector(self, like: str) -> tuple[np.ndarray, str]:
+        """The stored embedding a query by example starts from, and the image it belongs to.
+
+        like: "IMAGE_ID:N" is region N's embedding; "IMAGE_ID" is the whole image's (alpha all ones).
+        Raises ValueError naming what is not in the index. No model runs: the index already holds both.
+        """
+        image_id, _, number = str(like).strip().partition(":")
+        row = self.image(image_id) if image_id else None
+        if row is None or row["status"] != "ok":
+            raise ValueError(f"no image {image_id or '(empty id)'} in the index" if row is None else
+                             f"image {image_id} failed to index, so it has no embedding")
+        if not number:
+            return row["embedding"], image_id
+        if not number.isdigit():
+            raise ValueError(f"a region is IMAGE_ID:N with N a region number, got {like!r}")
+        table = self._where(self._regions, f"region_id = {sql_string(f'{image_id}:{int(number)}')}", ["embedding"])
+        if table.num_rows == 0:
+            raise ValueError(f"image {image_id} has no region {int(number)} (it has {row['n_regions']}: "
+                             f"0 to {row['n_regions'] - 1})" if row["n_regions"] else
+                             f"image {image_id} has no regions")
+        return np.asarray(table["embedding"][0].as_py(), dtype=np.float32), image_id
 
     def image_uris(self) -> dict[str, str]:
         """image_id -> uri of every image indexed with status 'ok'."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 from maskdex.storage import vector_index
 from maskdex.storage.tables import sql_strings
 
-FILTER_KEYS = ("min_area", "max_area", "image_ids")
+FILTER_KEYS = ("min_area", "max_area", "image_ids", "exclude_image_ids")
 _REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]  # Lance warns unless _distance is named
 # How much to widen the candidate rows when they cover fewer than k images.
 _WIDEN = 4
@@ -36,6 +36,8 @@ def where_clause(filters: dict | None) -> str | None:
         clauses.append(f"area <= {int(filters['max_area'])}")
     if filters.get("image_ids") is not None:
         clauses.append(f"image_id IN {sql_strings(filters['image_ids'])}")
+    if filters.get("exclude_image_ids"):  # a query by example leaves out its own image when asked
+        clauses.append(f"image_id NOT IN {sql_strings(filters['exclude_image_ids'])}")
     return " AND ".join(clauses) or None
 
 

@@ -48,11 +48,14 @@ class AlphaCLIPEncoder:
 
     def embed_image(self, image) -> torch.Tensor:
         """(D,) embedding of the whole image, alpha all ones."""
+        return self.encode(*zip(self.image_input(image)))[0]
+
+    def image_input(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's input (pixels, alpha) for a whole image, alpha all ones: what embed_image encodes."""
         rgb = as_rgb_uint8(image)
         height, width = rgb.shape[:2]
         ones = np.ones((height, width), dtype=bool)
-        pixels, alpha = crop_inputs(rgb, ones, full_image_window(height, width), self.model.input_size)
-        return self._encode([pixels], [alpha])[0]
+        return crop_inputs(rgb, ones, full_image_window(height, width), self.model.input_size)
 
     def embed_regions(self, image, masks: Sequence, boxes: Sequence | None = None) -> torch.Tensor:
         """(N, D) embeddings for N masks of one image; each mask is an RLE dict or an H x W bool array."""
@@ -65,23 +68,31 @@ class AlphaCLIPEncoder:
             binary = rle_codec.decode(mask) if isinstance(mask, dict) else np.asarray(mask, dtype=bool)
             if binary.shape != (height, width):
                 raise ValueError(f"mask {index} has shape {binary.shape}, image is {(height, width)}")
-            if self.context is None:
-                window = full_image_window(height, width)
-            else:
-                box = boxes[index] if boxes is not None else rle_codec.bbox(rle_codec.encode(binary))
-                window = region_window(box, height, width, self.context)
-            crop, alpha = crop_inputs(rgb, binary, window, self.model.input_size)
+            crop, alpha = self.region_input(rgb, binary, boxes[index] if boxes is not None else None)
             pixels.append(crop)
             alphas.append(alpha)
         if not pixels:
             return torch.empty(0, self.embed_dim)
-        return self._encode(pixels, alphas)
+        return self.encode(pixels, alphas)
+
+    def region_input(self, rgb: np.ndarray, binary: np.ndarray, box=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's input (pixels, alpha) for one region of an RGB uint8 image: the window around its
+        box (default: the mask's bounding box) with the mask as alpha, as embed_regions encodes it."""
+        height, width = rgb.shape[:2]
+        if self.context is None:
+            window = full_image_window(height, width)
+        else:
+            box = box if box is not None else rle_codec.bbox(rle_codec.encode(binary))
+            window = region_window(box, height, width, self.context)
+        return crop_inputs(rgb, binary, window, self.model.input_size)
 
     def embed_texts(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         with autocast(self.device, self.dtype):
             return embed_texts(self.model.encode_text, self.tokenizer, texts, templates, device=self.device)
 
-    def _encode(self, pixels: list[torch.Tensor], alphas: list[torch.Tensor]) -> torch.Tensor:
+    def encode(self, pixels: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N, D) embeddings of N inputs from image_input / region_input, in batches of batch_size (a
+        service gathers the inputs of concurrent queries into one call)."""
         out = []
         with torch.inference_mode(), autocast(self.device, self.dtype):
             for start in range(0, len(pixels), self.batch_size):

@@ -156,3 +156,22 @@ def test_a_reader_sees_new_commits_and_new_indexes_within_a_second(store, tmp_pa
     assert found[0]["image_id"] == image_id(9000) and found[0]["uri"] == "file:///synthetic/00009000.jpg"
     assert reader._search_settings(reader._regions.version) is not None  # the new vector index is used
     assert len({r["image_id"] for r in found} & set(exact_image_ranking(reader, query, 5))) >= 4
+
+
+def test_a_stored_region_or_image_is_a_query_and_its_image_can_be_left_out(store):
+    planted = store.regions_of(image_id(42))[2]
+    vector, owner = store.stored_vector(planted["region_id"])
+    assert owner == image_id(42)
+    np.testing.assert_array_equal(vector, planted["embedding"])
+    np.testing.assert_array_equal(store.stored_vector(image_id(42))[0], store.image(image_id(42))["embedding"])
+    assert store.search(vector, k=3)[0]["image_id"] == image_id(42)
+    others = store.search(vector, k=3, filters={"exclude_image_ids": [image_id(42)]})
+    assert len(others) == 3 and image_id(42) not in [r["image_id"] for r in others]
+
+
+@pytest.mark.parametrize("like, problem", [
+    ("f" * 64, "no image"), ("", "no image"), ("{}:9", "has no region 9 .it has 5: 0 to 4."), ("{}:x", "region number"),
+])
+def test_an_unknown_stored_example_is_named(store, like, problem):
+    with pytest.raises(ValueError, match=problem):
+        store.stored_vector(like.format(image_id(42)))
