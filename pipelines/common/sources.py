@@ -31,8 +31,10 @@ def _is_uri(source: str) -> bool:
 def expand_sources(sources: list[str]) -> Sources:
     """Every image file and parquet file named by the sources, in a stable order.
 
-    Folders are walked recursively for image extensions; a path that does not exist is kept as a
-    file reference so that the job records it as failed rather than forgetting it.
+    Folders are walked recursively for image extensions. A source that does not exist, a glob that
+    matches nothing, or sources that name no image at all are a SourceError, raised before a job
+    starts anything: a typo is not a run that failed one input. (A file that goes missing after
+    this listing is read, fails, and is recorded as failed.)
     """
     if not sources:
         raise SourceError("no SOURCE given: name image files, folders, glob patterns or parquet files")
@@ -42,6 +44,9 @@ def expand_sources(sources: list[str]) -> Sources:
         matched = _expand_uri(source) if _is_uri(source) else _expand_local(source)
         for path in matched:
             (parquet if os.path.splitext(path)[1].lower() in PARQUET_EXTENSIONS else files).append(path)
+    if not files and not parquet:
+        raise SourceError(f"{' '.join(sources)}: no image or parquet file there (looked for "
+                          f"{', '.join(sorted(IMAGE_EXTENSIONS | PARQUET_EXTENSIONS))})")
     return Sources(files=list(dict.fromkeys(files)), parquet=list(dict.fromkeys(parquet)))
 
 
@@ -58,6 +63,8 @@ def _expand_local(source: str) -> list[str]:
             found.extend(os.path.join(root, name) for name in sorted(names)
                          if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS)
         return [os.path.abspath(path) for path in found]
+    if not os.path.exists(source):
+        raise SourceError(f"source {source!r} does not exist (looked at {os.path.abspath(source)})")
     return [os.path.abspath(source)]
 
 
@@ -65,6 +72,8 @@ def _expand_uri(source: str) -> list[str]:
     filesystem, path = pafs.FileSystem.from_uri(source)
     scheme = source.split("://", 1)[0]
     info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"source {source!r} does not exist")
     if info.type == pafs.FileType.Directory:
         selector = pafs.FileSelector(path, recursive=True)
         return sorted(f"{scheme}://{entry.path}" for entry in filesystem.get_file_info(selector)
