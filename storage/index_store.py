@@ -10,6 +10,8 @@ by the index job's workers, or here for rows handed to commit, and appended by t
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Collection, Iterable
 from datetime import timedelta
 
@@ -59,6 +61,9 @@ class IndexStore:
         both); None accepts whatever it was built with. Creating requires both. read_only never
         creates, never deletes, and refuses writes.
         """
+        if (read_only or not create) and "://" not in uri and not os.path.isdir(uri):
+            # Checked before connecting, which would create the folder.
+            raise FileNotFoundError(f"no maskdex index at {uri}: there is no such folder")
         db = tables.connect(uri, reader=read_only)
         opened = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
         recorded = _recorded_build(uri, opened)

@@ -19,8 +19,9 @@ def run(args) -> int:
     import torch
     from PIL import Image
 
-    from maskdex.operators.registry.presets import alpha_clip_encoder, mask_generator
+    from maskdex.operators.registry.presets import alpha_clip_encoder, mask_generator, require_weights
 
+    require_weights(args.models, args.weights_dir, ("sam2", "alpha_clip"))
     image = _load_photo(args.photo)
     texts = args.text or ["a person", "a flag", "the sky"]
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from maskdex.jobs.arguments import (
@@ -12,10 +13,31 @@ from maskdex.jobs.arguments import (
     positive_int,
     rerank_settings,
 )
+from maskdex.jobs.console import terminal
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value:g}")
+    return value
+
+
+DEFAULT_MAX_FAILED_FRACTION = 0.1
 
 
 def add_parsers(commands) -> None:
-    index = commands.add_parser("index", help="index images (files, folders, globs, s3:// or gs:// URIs, parquet)")
+    index = commands.add_parser(
+        "index", help="index images (files, folders, globs, s3:// or gs:// URIs, parquet)",
+        description="Exit status: 0 when the run did its work; 1 when it tried inputs and indexed none, or when "
+                    "more than --max-failed-fraction of the inputs it tried failed (each failure is recorded in "
+                    "the images table and listed either way; inputs already indexed count as done); 2 for bad "
+                    "input found before anything starts: a SOURCE that does not exist, a missing weight file, "
+                    "a database built by another preset.")
     index.add_argument("sources", nargs="+", metavar="SOURCE")
     add_db(index)
     add_model_options(index)
@@ -40,6 +62,9 @@ def add_parsers(commands) -> None:
                        help="commit at least this often, in seconds: the most work a killed run loses (default 10)")
     index.add_argument("--retry-failed", action="store_true", help="index again the images that failed before")
     index.add_argument("--no-build-index", action="store_true", help="do not build the vector index afterwards")
+    index.add_argument("--max-failed-fraction", type=fraction, default=DEFAULT_MAX_FAILED_FRACTION,
+                       help="most failed inputs, as a fraction of those the run tried, for it to succeed (exit 0); "
+                            f"bad files are recorded and listed either way (default {DEFAULT_MAX_FAILED_FRACTION:g})")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.set_defaults(run=run_index)
 
@@ -85,7 +110,11 @@ def run_index(args) -> int:
         build_index=not args.no_build_index,
     )
     summary = index(args.sources, args.db, settings, address=args.address)
-    print(json.dumps(summary.as_dict(), indent=2, default=str) if args.json else summary.render())
+    print(json.dumps(summary.as_dict(), indent=2, default=str) if args.json else summary.render(), flush=True)
+    failed = summary.too_many_failures(args.max_failed_fraction)
+    if failed:
+        print(f"maskdex index: error: {failed} (status 'failed' in the images table)", file=terminal())
+        return 1
     return 0
 
 

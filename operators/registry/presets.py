@@ -23,11 +23,14 @@ from maskdex.operators.dense.features import DenseCLIPFeatures
 from maskdex.operators.dense.windows import WindowSpec, rns_windows
 from maskdex.operators.sam2.masks import MaskSettings, SAM2MaskGenerator
 from maskdex.operators.registry.weights import (
+    WEIGHTS_ENV,
     MissingWeightsError,
     check_state_dict,
     downloads_allowed,
     locate,
+    missing_files,
     read_state_dict,
+    weights_location,
 )
 
 _TINY_SAM2_OVERRIDES = (
@@ -160,19 +163,58 @@ def preset_from_fingerprint(fingerprint: str) -> ModelPreset:
     return preset
 
 
-def missing_weight_files(preset_name: str, weights_dir: str | os.PathLike) -> list[Path]:
-    """The weight files of a preset that are not in `weights_dir`, as the paths they were looked for
-    at (empty for tiny, or when all are there). Only presence is checked: reading a checkpoint costs
-    seconds to minutes, which a check before starting anything must not. A file the loader may fetch
-    from the hub (MASKDEX_ALLOW_DOWNLOAD=1) is not missing."""
-    preset = get_preset(preset_name)
-    directory = Path(weights_dir).expanduser()
-    needed = {preset.sam2.checkpoint: preset.sam2.hub_id is not None,
-              preset.alpha_clip.clip_weights: preset.alpha_clip.hub_pretrained is not None,
-              preset.alpha_clip.alpha_checkpoint: False,
-              preset.dense_clip.clip_weights: preset.dense_clip.hub_pretrained is not None}
-    return [directory / name for name, downloadable in needed.items()
-            if name and not (directory / name).is_file() and not (downloadable and downloads_allowed())]
+# The models a preset is made of, by the name of their ModelPreset field; each job builds only some.
+MODEL_PARTS = ("sam2", "alpha_clip", "dense_clip")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a preset's model loads from the weights directory."""
+
+    filename: str  # the released name
+    what: str
+    hub: bool  # maskdex can download it (with MASKDEX_ALLOW_DOWNLOAD=1) when it is missing
+
+
+def weight_files(preset: str | ModelPreset, parts=MODEL_PARTS) -> list[WeightFile]:
+    """The weight files the given parts of a preset load (none for tiny), in the order they load."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    files = []
+    if "sam2" in parts and preset.sam2.checkpoint:
+        files.append(WeightFile(preset.sam2.checkpoint, f"SAM 2 {preset.sam2.name}", preset.sam2.hub_id is not None))
+    for part, spec, kind in (("alpha_clip", preset.alpha_clip, "CLIP of Alpha-CLIP"),
+                             ("dense_clip", preset.dense_clip, "dense CLIP")):
+        if part in parts and spec.clip_weights:
+            files.append(WeightFile(spec.clip_weights, f"{kind} {spec.name}", bool(spec.hub_pretrained)))
+        if part in parts and spec.alpha_checkpoint:
+            files.append(WeightFile(spec.alpha_checkpoint, f"Alpha-CLIP {spec.name}", False))
+    return files
+
+
+def missing_weights(preset: str | ModelPreset, weights: str | os.PathLike | None = None,
+                    parts=MODEL_PARTS) -> list[tuple[WeightFile, str]]:
+    """(file, the path it was looked for at) of each weight file the parts need that is not there and
+    will not be downloaded; a job checks this before it starts anything (require_weights)."""
+    files = [file for file in weight_files(preset, parts) if not (file.hub and downloads_allowed())]
+    looked_at = missing_files([file.filename for file in files], weights)
+    return [(file, looked_at[file.filename]) for file in files if file.filename in looked_at]
+
+
+def require_weights(preset: str | ModelPreset, weights: str | os.PathLike | None = None, parts=MODEL_PARTS) -> None:
+    """One MissingWeightsError naming every weight file the parts need that is missing, and where each was looked for."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    missing = missing_weights(preset, weights, parts)
+    if not missing:
+        return
+    source = "--weights-dir" if weights else (f"${WEIGHTS_ENV}" if os.environ.get(WEIGHTS_ENV) else "the default")
+    lines = [f"preset {preset.name!r} needs {len(missing)} weight file{'s' if len(missing) > 1 else ''} that "
+             f"{'are' if len(missing) > 1 else 'is'} not in the weights directory {weights_location(weights)} ({source}):"]
+    for file, path in missing:
+        where = ("MASKDEX_ALLOW_DOWNLOAD=1 downloads it" if file.hub
+                 else "get it from the model's release page")
+        lines.append(f"  missing {path}  ({file.what}; {where})")
+    lines.append(f"Put the files there, or point --weights-dir or ${WEIGHTS_ENV} at the directory or object-store URI that holds them.")
+    raise MissingWeightsError("\n".join(lines))
 
 
 KEEP_SAM2 = "keep+"
@@ -256,14 +298,18 @@ def build_alpha_clip(spec: CLIPSpec, weights: str | os.PathLike | None = None) -
 def mask_generator(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
                    dtype: str | None = "bfloat16", **settings) -> SAM2MaskGenerator:
     """The preset's SAM 2 mask generator; keyword settings override the preset's MaskSettings."""
-    spec = (get_preset(preset) if isinstance(preset, str) else preset).sam2
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    require_weights(preset, weights, ("sam2",))
+    spec = preset.sam2
     return SAM2MaskGenerator(build_sam2_model(spec, weights), spec.mask_settings.replace(**settings),
                              device=device, dtype=dtype)
 
 
 def alpha_clip_encoder(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
                        dtype: str | None = "bfloat16", **options) -> AlphaCLIPEncoder:
-    spec = (get_preset(preset) if isinstance(preset, str) else preset).alpha_clip
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    require_weights(preset, weights, ("alpha_clip",))
+    spec = preset.alpha_clip
     return AlphaCLIPEncoder(build_alpha_clip(spec, weights), clip_tokenizer(spec.arch), device=device, dtype=dtype,
                             **options)
 
@@ -328,6 +374,7 @@ def dense_feature_extractor(preset: str | ModelPreset, *, weights: str | os.Path
     """The preset's MaskCLIP dense feature extractor for RNS, with the preset's windows (dense_windows)
     unless test_windows / support_windows are given; other keyword options go to DenseCLIPFeatures."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    require_weights(preset, weights, ("dense_clip",))
     spec = preset.dense_clip
     if "test_windows" not in options or "support_windows" not in options:
         test_windows, support_windows = dense_windows(preset, short_side)

@@ -57,15 +57,15 @@ def locate(filename: str, what: str, weights: str | os.PathLike | None, source_h
     )
 
 
-def missing_files(filenames: list[str], weights: str | os.PathLike | None = None) -> list[str]:
-    """Where each of `filenames` that the weights location lacks was looked for (empty: all present).
+def missing_files(filenames: list[str], weights: str | os.PathLike | None = None) -> dict[str, str]:
+    """{filename: where it was looked for} of each of `filenames` that the weights location lacks.
     One listing call for a remote location; nothing is copied."""
     location = weights_location(weights)
     if remote_weights.is_remote(location):
         present = {name for name, size in remote_weights.remote_sizes(location, filenames).items() if size is not None}
     else:
         present = {name for name in filenames if (Path(location) / name).is_file()}
-    return [_shown(location, name) for name in filenames if name not in present]
+    return {name: _shown(location, name) for name in filenames if name not in present}
 
 
 def _shown(location: str, filename: str) -> str:

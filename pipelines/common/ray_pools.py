@@ -34,7 +34,25 @@ def init_ray(address: str | None) -> None:
             warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
             ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False,
                      logging_level=logging.WARNING)
+        _worker_errors_to_stderr()
     quiet_ray_data()
+
+
+def _worker_errors_to_stderr() -> None:
+    """Ray's driver prints the errors its workers report ("(raylet) Task ... failed", a worker killed
+    for memory) on stdout, even with log_to_driver=False; stdout carries a job's results (JSON), so
+    they go to stderr, which the CLI keeps in its log file."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "to_stderr", False):
+        return
+
+    def to_stderr(data, **kwargs):
+        return printer({**data, "is_err": True}, **kwargs)
+
+    to_stderr.to_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def quiet_ray_data() -> None:

@@ -35,8 +35,10 @@ def expand_sources(sources: list[str]) -> Sources:
     """Every image file and parquet file named by the sources, in a stable order.
 
     Brace patterns (`shards/{00000..00099}.tar`) expand first. Folders are walked recursively for
-    image, parquet and tar extensions; a path that does not exist is kept as a
-    file reference so that the job records it as failed rather than forgetting it.
+    image, parquet and tar extensions. A source that does not exist, a glob that matches nothing, or
+    sources that name no image at all are a SourceError, raised before a job starts anything: a typo
+    is not a run that failed one input. (A file that goes missing after this listing is read, fails,
+    and is recorded as failed.)
     """
     if not sources:
         raise SourceError("no SOURCE given: name image files, folders, glob patterns or parquet files")
@@ -54,6 +56,9 @@ def expand_sources(sources: list[str]) -> Sources:
                 extension = os.path.splitext(path)[1].lower()
                 (parquet if extension in PARQUET_EXTENSIONS else shards if extension in SHARD_EXTENSIONS
                  else files).append(path)
+    if not files and not parquet and not shards:
+        raise SourceError(f"{' '.join(sources)}: no image, parquet or tar file there (looked for "
+                          f"{', '.join(sorted(IMAGE_EXTENSIONS | PARQUET_EXTENSIONS | SHARD_EXTENSIONS))})")
     return Sources(files=list(dict.fromkeys(files)), parquet=list(dict.fromkeys(parquet)),
                    shards=list(dict.fromkeys(shards)))
 
@@ -71,6 +76,8 @@ def _expand_local(source: str) -> list[str]:
             found.extend(os.path.join(root, name) for name in sorted(names)
                          if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | PARQUET_EXTENSIONS | SHARD_EXTENSIONS)
         return [os.path.abspath(path) for path in found]
+    if not os.path.exists(source):
+        raise SourceError(f"source {source!r} does not exist (looked at {os.path.abspath(source)})")
     return [os.path.abspath(source)]
 
 
@@ -78,6 +85,8 @@ def _expand_uri(source: str) -> list[str]:
     filesystem, path = pafs.FileSystem.from_uri(source)
     scheme = source.split("://", 1)[0]
     info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"source {source!r} does not exist")
     if info.type == pafs.FileType.Directory:
         selector = pafs.FileSelector(path, recursive=True)
         return sorted(f"{scheme}://{entry.path}" for entry in filesystem.get_file_info(selector)

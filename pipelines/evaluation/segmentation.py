@@ -27,7 +27,7 @@ import ray
 import torch
 
 from maskdex.operators.registry.options import ModelOptions
-from maskdex.operators.registry.presets import dense_windows
+from maskdex.operators.registry.presets import dense_windows, require_weights
 from maskdex.pipelines.evaluation.datasets import DatasetError, Sample, SegmentationDataset
 from maskdex.pipelines.evaluation.methods import METHODS
 from maskdex.pipelines.evaluation.worker import SegmentationWorker, WorkerSpec, memory_from_prototypes
@@ -155,6 +155,8 @@ def evaluate_segmentation(dataset: SegmentationDataset, settings: SegmentationEv
 def _check_models(settings: SegmentationEvalSettings) -> None:
     """Fail here, with a clear message, rather than in every actor's constructor."""
     dense_windows(settings.models, settings.short_side)  # support windows are a half and strides a quarter
+    require_weights(settings.models, settings.weights,
+                    ("dense_clip", "sam2") if "rns-region" in settings.methods else ("dense_clip",))
 
 
 # Work shared by both runners

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import ray
 
-from maskdex.operators.registry.presets import get_preset
+from maskdex.operators.registry.presets import get_preset, require_weights
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
@@ -131,6 +131,7 @@ def run_segment_index(db: str, request: SegmentRequest, selection: Selection = S
                       address: str | None = None) -> SegmentIndexSummary:
     """Segment the selected images of the index at db into its segmentations table; see the module doc."""
     started = time.perf_counter()
+    require_weights(settings.segment.models, settings.segment.weights, ("dense_clip",))  # before Ray or a table
     key = segmentation_key(db, request, settings.segment)
     request = replace(request, classes=key.classes)  # every actor labels with the same class order
     images = select_images(db, selection, settings.segment)

@@ -20,6 +20,7 @@ from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.fewshot.segmenter import MODES, SegmentSettings, Segmenter, uses_text
 from maskdex.pipelines.fewshot.outputs import write_outputs
+from maskdex.operators.registry.presets import require_weights
 from maskdex.pipelines.common.sources import expand_sources
 from maskdex.pipelines.common.class_names import check_class_names
 
@@ -56,6 +57,7 @@ def check_request(db: str, settings: SegmentSettings, request: SegmentRequest) -
     if request.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {request.mode!r}")
     classes = None if request.classes is None else check_class_names(request.classes, where="classes")
+    require_weights(settings.models, settings.weights, ("dense_clip",))
     supports = open_support_store(db, settings.models, create=False).load(request.set_name, classes)
     uses_text(supports, request.set_name, request.shots_only)
 

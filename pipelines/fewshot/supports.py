@@ -21,6 +21,7 @@ import ray
 import torch
 
 from maskdex.operators.registry.options import ModelOptions
+from maskdex.operators.registry.presets import require_weights
 from maskdex.operators.dense.features import DenseCLIPFeatures
 from maskdex.operators.rns.memory import pool_patches
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
@@ -115,6 +116,7 @@ def ingest_folder(images_dir: str, labels_dir: str, classes_file: str, db: str, 
     started = time.perf_counter()
     check_set_name(set_name)
     folder = read_labelled_folder(images_dir, labels_dir, classes_file, max_pixels=settings.max_pixels)
+    require_weights(settings.models, settings.weights, ("dense_clip",))  # before a table or Ray
     store = open_support_store(db, settings.models, create=True)
     init_ray(address)
     device, actors = device_for_cluster(settings.device, settings.actors, ray.cluster_resources())

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 
 from maskdex.operators.registry.options import ModelOptions
-from maskdex.operators.registry.presets import embedding_dim, get_preset
+from maskdex.operators.registry.presets import embedding_dim, get_preset, require_weights
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
 from maskdex.pipelines.index.claims import start_claims
 from maskdex.pipelines.index.stages import (
@@ -45,6 +45,9 @@ from maskdex.storage.index_writer import CommitPolicy, IndexWriter
 from maskdex.storage.region_fragments import RegionFragments
 
 log = logging.getLogger(__name__)
+
+# The parts of a preset an index run builds (no dense CLIP: that is for few-shot segmentation).
+INDEX_MODELS = ("sam2", "alpha_clip")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class IndexSummary:
     duplicates: int = 0  # same bytes as another input of this run
     regions: int = 0
     seconds: float = 0.0
+    startup_seconds: float | None = None  # from the start to the first result (Ray, actors, models); None: no result
     failures: list[tuple[str, str]] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its SAM 2 actors handled
     index: dict | None = None
@@ -97,14 +101,38 @@ class IndexSummary:
     def images_per_second(self) -> float:
         return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def images_per_second_after_startup(self) -> float:
+        """The rate once the first result arrived: what a longer run of the same kind would approach."""
+        if self.startup_seconds is None or self.seconds <= self.startup_seconds:
+            return 0.0
+        return (self.ok + self.failed) / (self.seconds - self.startup_seconds)
+
+    def too_many_failures(self, max_failed_fraction: float) -> str | None:
+        """Why this run did not do its work, or None. It did not when it tried inputs and indexed none,
+        or when more than max_failed_fraction of the inputs it tried failed; inputs already indexed
+        and duplicates count as done, and each failure stays recorded in the images table either way."""
+        tried = self.ok + self.failed
+        if tried and not self.ok:
+            return f"no input could be indexed: all {tried} failed"
+        if tried and self.failed > max_failed_fraction * tried:
+            return (f"{self.failed} of {tried} inputs failed ({100 * self.failed / tried:.1f}%), more than "
+                    f"--max-failed-fraction {max_failed_fraction:g} allows")
+        return None
+
     def as_dict(self) -> dict:
         return {**{k: v for k, v in self.__dict__.items() if k != "failures"},
                 "failures": [{"uri": u, "error": e} for u, e in self.failures],
-                "images_per_second": round(self.images_per_second, 3)}
+                "images_per_second": round(self.images_per_second, 3),
+                "images_per_second_after_startup": round(self.images_per_second_after_startup, 3)}
 
     def render(self) -> str:
+        timing = f"{self.images_per_second:.2f} images/s"
+        if self.startup_seconds is not None:
+            timing = (f"start-up {self.startup_seconds:.1f}s, then {self.images_per_second_after_startup:.2f} "
+                      f"images/s")
         lines = [
-            f"{self.action} {self.inputs} inputs in {self.seconds:.1f}s ({self.images_per_second:.2f} images/s)",
+            f"{self.action} {self.inputs} inputs in {self.seconds:.1f}s ({timing})",
             f"  ok {self.ok}, failed {self.failed}, already indexed {self.skipped} ({self.unread} decided without "
             f"reading them), duplicates {self.duplicates}",
             f"  regions written {self.regions}",
@@ -123,8 +151,11 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
               address: str | None = None) -> IndexSummary:
     started = time.perf_counter()
     preset = get_preset(settings.models)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    # Everything that can be checked here is checked before Ray starts or a table is created.
+    require_weights(preset, settings.weights, INDEX_MODELS)
     expanded = expand_sources(sources)
+    parquet_columns = _parquet_columns(expanded.parquet)
+    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     if settings.retry_failed:
         store.forget_failed()
     summary = IndexSummary()
@@ -140,12 +171,13 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
-    dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster)
+    dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster, parquet_columns)
 
     # Parquet sources hold an unknown number of images until read.
-    commit_results(dataset, writer, preset.fingerprint, summary,
-                   Progress("index", None if expanded.parquet else len(files)))
+    progress = Progress("index", None if expanded.parquet else len(files))
+    commit_results(dataset, writer, preset.fingerprint, summary, progress)
     writer.close()
+    summary.startup_seconds = progress.startup_seconds
     if settings.build_index:
         summary.index = store.maybe_build_index()
     summary.seconds = time.perf_counter() - started
@@ -183,11 +215,13 @@ def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSumm
 
 
 def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
-                  cluster: dict):
+                  cluster: dict, parquet_columns: tuple[str, str | None] | None = None):
     """The job's Ray Data pipeline, up to what reaches the driver: one row per input, with the
     images row's fields, n_regions and the worker write holding its regions (never the regions)."""
     sam_actors, clip_actors = plan_actors(cluster, settings)
-    dataset = _read_stage(files, parquet, ray.put(known), settings)
+    if parquet and parquet_columns is None:
+        parquet_columns = _parquet_columns(parquet)
+    dataset = _read_stage(files, parquet, ray.put(known), settings, parquet_columns)
     dataset = dataset.map_batches(
         MaskStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
@@ -264,7 +298,22 @@ def unfinished(store: IndexStore, files: list[str], summary: IndexSummary) -> li
     return todo
 
 
-def _read_stage(files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings):
+def _parquet_columns(parquet: list[str]) -> tuple[str, str | None] | None:
+    """(image-bytes column, key column or None) of the parquet sources, read from the first one's
+    schema (object-store files: img2dataset's names are assumed); None without parquet sources."""
+    if not parquet:
+        return None
+    schema = pq.read_schema(parquet[0]) if "://" not in parquet[0] else None
+    names = set(schema.names) if schema is not None else set(PARQUET_BYTES_COLUMNS)
+    bytes_column = next((c for c in PARQUET_BYTES_COLUMNS if c in names), None)
+    if bytes_column is None:
+        raise SourceError(f"parquet file {parquet[0]} has no image-bytes column "
+                          f"(looked for {', '.join(PARQUET_BYTES_COLUMNS)}; it has {', '.join(sorted(names))})")
+    return bytes_column, next((c for c in ("key", "url") if c in names), None)
+
+
+def _read_stage(files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
+                parquet_columns: tuple[str, str | None] | None):
     common = {"known": known, "max_pixels": settings.max_pixels, "max_side": settings.max_side}
     parts = []
     if files:
@@ -274,13 +323,7 @@ def _read_stage(files: list[tuple[str, int, int]], parquet: list[str], known, se
         parts.append(items.map_batches(read_files, fn_kwargs=common, num_cpus=settings.read_num_cpus,
                                        batch_size=settings.read_batch_size, batch_format="numpy"))
     if parquet:
-        schema = pq.read_schema(parquet[0]) if "://" not in parquet[0] else None
-        names = set(schema.names) if schema is not None else set(PARQUET_BYTES_COLUMNS)
-        bytes_column = next((c for c in PARQUET_BYTES_COLUMNS if c in names), None)
-        if bytes_column is None:
-            raise SourceError(f"parquet file {parquet[0]} has no image-bytes column "
-                              f"(looked for {', '.join(PARQUET_BYTES_COLUMNS)}; it has {', '.join(sorted(names))})")
-        key_column = next((c for c in ("key", "url") if c in names), None)
+        bytes_column, key_column = parquet_columns
         columns = [bytes_column] + ([key_column] if key_column else [])
         rows = ray.data.read_parquet(parquet, columns=columns, include_paths=True)
         parts.append(rows.map_batches(read_parquet_rows,

@@ -33,11 +33,10 @@ class Corpus:
     ok: list[Path] = field(default_factory=list)  # each indexes as its own image
     duplicates: list[Path] = field(default_factory=list)  # same bytes as a file in `ok`
     bad: dict[Path, str] = field(default_factory=dict)  # path -> a word the error must contain
-    missing: Path | None = None  # named on the command line, does not exist
 
     @property
     def inputs(self) -> int:
-        return len(self.ok) + len(self.duplicates) + len(self.bad) + (1 if self.missing else 0)
+        return len(self.ok) + len(self.duplicates) + len(self.bad)
 
 
 def _save(image: Image.Image, path: Path, **options) -> Path:
@@ -90,5 +89,4 @@ def build_corpus(root: Path, *, photos=GOOD_PHOTOS, with_bad: bool = True, large
     corpus.bad[root / "bad" / "notes.jpg"] = "not an image"
     _save(Image.new("L", (large_side, large_side), 128), root / "bad" / "huge.png")
     corpus.bad[root / "bad" / "huge.png"] = "over the limit"
-    corpus.missing = root / "does_not_exist.jpg"
     return corpus

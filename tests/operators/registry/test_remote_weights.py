@@ -53,7 +53,8 @@ def test_a_file_is_copied_once_and_again_when_the_store_changes(s3_env):
 def test_every_missing_file_is_named_with_its_uri(s3_env):
     location = f"s3://{BUCKET}/partial"
     _put(s3_env, "partial/present.pt", b"x")
-    assert missing_files(["present.pt", "a.pt", "b.pt"], location) == [f"{location}/a.pt", f"{location}/b.pt"]
+    assert missing_files(["present.pt", "a.pt", "b.pt"], location) == {"a.pt": f"{location}/a.pt",
+                                                                        "b.pt": f"{location}/b.pt"}
     with pytest.raises(MissingWeightsError, match=f"'a.pt' not found at {location}/a.pt"):
         locate("a.pt", "test model", location, "not downloadable")
     assert not weights_dir(location).exists()  # nothing was copied for a file the store lacks
@@ -66,7 +67,7 @@ def test_a_file_uri_works_like_a_bucket(tmp_path, monkeypatch):
     location = f"file://{tmp_path / 'store'}"
     path = locate("w.pt", "test model", location, "hub")
     assert path.read_bytes() == b"w" * 10 and path.is_relative_to(tmp_path / "cache")
-    assert missing_files(["w.pt", "v.pt"], location) == [f"{location}/v.pt"]
+    assert missing_files(["w.pt", "v.pt"], location) == {"v.pt": f"{location}/v.pt"}
 
 
 def test_a_model_folder_is_copied_whole(tmp_path, monkeypatch):

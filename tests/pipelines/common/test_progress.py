@@ -3,19 +3,28 @@ import io
 from maskdex.pipelines.common.progress import Progress
 
 
-def test_progress_lines_count_rate_and_time_left():
+def test_start_up_is_reported_apart_and_the_rate_counts_from_the_first_result():
     stream = io.StringIO()
     progress = Progress("index", 200, every_s=0.0, stream=stream)
+    assert progress.startup_seconds is None
+    progress.advance(50)
+    first = stream.getvalue().splitlines()[-1]
+    assert first.startswith("index: started in ") and first.endswith("; 50/200 images (25%)")
+    assert "images/s" not in first and "left" not in first  # nothing measured yet
+    assert progress.startup_seconds is not None and progress.startup_seconds >= 0
     progress.advance(50)
     line = stream.getvalue().splitlines()[-1]
-    assert line.startswith("index: 50/200 images (25%), ") and "images/s" in line and "left" in line
+    assert line.startswith("index: 100/200 images (50%), ") and "images/s" in line and "left" in line
 
 
 def test_progress_without_a_total_and_between_reports():
     stream = io.StringIO()
     progress = Progress("index", None, unit="rows", every_s=3600.0, stream=stream)
     progress.advance(7)
-    assert stream.getvalue() == ""  # not yet time for a line
+    assert len(stream.getvalue().splitlines()) == 1  # the start-up line
+    progress.advance(1)
+    assert len(stream.getvalue().splitlines()) == 1  # not yet time for a line
     progress.every_s = 0.0
     progress.advance(1)
-    assert stream.getvalue().startswith("index: 8 rows, ") and "left" not in stream.getvalue()
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("index: 9 rows, ") and "left" not in last

@@ -55,12 +55,13 @@ def test_output_names_are_unique():
 @pytest.mark.slow
 def test_many_images_are_segmented_on_an_actor_pool(db, tmp_path, ray_local):
     images = write_images(tmp_path / "images", 3, size=(64, 80))
-    missing = str(tmp_path / "images" / "missing.png")
+    unreadable = tmp_path / "images" / "notes.png"  # one bad image fails alone
+    unreadable.write_text("this is a text file with a .png name\n")
     out = tmp_path / "out"
-    summaries = segment_many([images[0], missing, *images[1:]], db, str(out),
+    summaries = segment_many([images[0], str(unreadable), *images[1:]], db, str(out),
                              SegmentRequest("scenes", classes=("sand", "sky", "grass", "brick")), SEGMENT_SETTINGS)
-    assert [summary["image"] for summary in summaries] == [images[0], missing, *images[1:]]
-    assert "cannot read image" in summaries[1]["error"]
+    assert [summary["image"] for summary in summaries] == [images[0], str(unreadable), *images[1:]]
+    assert str(unreadable) in summaries[1]["error"]
     for summary, image in zip([summaries[0], *summaries[2:]], images):
         check_outputs(summary, image, ["sand", "sky", "grass", "brick"])
     assert sorted(os.listdir(out)) == sorted(f"test_{n}.{kind}" for n in range(3)

@@ -13,6 +13,7 @@ from PIL import Image
 from skimage import data
 
 from maskdex.operators.common import rle as rle_codec
+from maskdex.pipelines.common.sources import SourceError
 from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.storage.index_store import IndexStore
 from tests.support.corpus import build_corpus, index_settings
@@ -28,11 +29,16 @@ def _table(db, name):
 def test_every_input_is_accounted_for_and_regions_fit_their_images(tmp_path, ray_local):
     corpus = build_corpus(tmp_path / "corpus")
     db = tmp_path / "db"
-    summary = run_index([str(corpus.root), str(corpus.missing)], str(db), SETTINGS)
+    # A source that does not exist is a typo, not an input that failed: nothing starts, nothing is created.
+    with pytest.raises(SourceError, match="does_not_exist.jpg' does not exist"):
+        run_index([str(corpus.root), str(corpus.root / "does_not_exist.jpg")], str(db), SETTINGS)
+    assert not db.exists()
+
+    summary = run_index([str(corpus.root)], str(db), SETTINGS)
 
     assert summary.inputs == corpus.inputs
     assert (summary.ok, summary.failed, summary.duplicates, summary.skipped) == (
-        len(corpus.ok), len(corpus.bad) + 1, len(corpus.duplicates), 0)
+        len(corpus.ok), len(corpus.bad), len(corpus.duplicates), 0)
     rows = _table(db, "images")
     assert len(rows) == summary.ok + summary.failed
     images = {row["uri"]: row for row in rows}
@@ -45,8 +51,6 @@ def test_every_input_is_accounted_for_and_regions_fit_their_images(tmp_path, ray
     for path, word in corpus.bad.items():
         row = images[str(path)]
         assert row["status"] == "failed" and word in row["error"], row
-    missing = images[str(corpus.missing)]
-    assert missing["status"] == "failed" and "FileNotFoundError" in missing["error"]
     # EXIF orientation is applied: chelsea is 451 x 300, rotated by 90 degrees.
     rotated = images[str(corpus.root / "odd" / "exif_rotated.jpg")]
     assert (rotated["width"], rotated["height"]) == (300, 451)
@@ -62,7 +66,7 @@ def test_every_input_is_accounted_for_and_regions_fit_their_images(tmp_path, ray
         assert list(region["bbox"]) == rle_codec.bbox(region["rle"])
         assert np.isclose(np.linalg.norm(region["embedding"]), 1.0, atol=1e-4)
 
-    again = run_index([str(corpus.root), str(corpus.missing)], str(db), SETTINGS)
+    again = run_index([str(corpus.root)], str(db), SETTINGS)
     assert again.skipped == corpus.inputs and again.ok == again.failed == again.regions == 0
     assert len(_table(db, "regions")) == len(regions)
 
