@@ -8,7 +8,11 @@ from maskdex.jobs.arguments import positive_int
 
 
 def add_parser(commands) -> None:
-    serve = commands.add_parser("serve", help="serve search, segmentation and support sets over HTTP (Ray Serve)")
+    serve = commands.add_parser(
+        "serve", help="serve search, segmentation and support sets over HTTP (Ray Serve)",
+        description="Serve search, segmentation and support sets over HTTP until Ctrl-C. Exit 2 when the config "
+                    "cannot work (checked before Ray starts: every missing weight file, the database); exit 1 when "
+                    "a deployment fails to start anyway, with the exception its replicas raised.")
     serve.add_argument("--db", default=None, help="LanceDB directory or object-store URI (else the config's)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
