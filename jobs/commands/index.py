@@ -52,6 +52,9 @@ def add_parsers(commands) -> None:
     index.add_argument("--gpus-per-actor", type=float, default=None,
                        help="GPUs each model actor reserves (default: 1 with --device cuda, or auto on a "
                             "cluster with GPUs; else 0)")
+    index.add_argument("--amg", choices=("fast", "stock"), default="fast",
+                       help="automatic mask generator: fast (batched, on the device; default) or stock (sam2's "
+                            "own, one image at a time): the same masks")
     index.add_argument("--points-per-side", type=positive_int, default=None, help="SAM 2 point grid side")
     index.add_argument("--max-masks", type=positive_int, default=None, help="cap on masks per image")
     index.add_argument("--min-area", type=int, default=None, help="smallest mask kept, in pixels")
@@ -101,7 +104,7 @@ def run_index(args) -> int:
                                                       ("min_area", args.min_area)) if value is not None}
     defaults = IndexSettings()
     settings = IndexSettings(
-        **model_options(args), mask_settings=mask_settings,
+        **model_options(args), mask_settings=mask_settings, amg=args.amg,
         sam=replace(defaults.sam, max_actors=args.sam_actors, num_gpus=gpus),
         clip=replace(defaults.clip, max_actors=args.clip_actors, num_gpus=gpus,
                      batch_size=args.clip_batch or defaults.clip.batch_size),

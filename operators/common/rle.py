@@ -14,6 +14,22 @@ def encode(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def encode_batch(masks: np.ndarray) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """(rles, areas, boxes) for K x H x W boolean masks in one pycocotools call each: the RLEs as
+    encode() gives them, (K,) areas and (K, 4) x, y, w, h boxes as area() and bbox() give them."""
+    if masks.ndim != 3:
+        raise ValueError(f"expected K x H x W masks, got shape {masks.shape}")
+    if not len(masks):
+        return [], np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
+    # (K, W, H) C order is (H, W, K) Fortran order, the layout pycocotools reads.
+    columns = np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8).transpose(2, 1, 0)
+    encoded = coco_mask.encode(columns)
+    rles = [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
+    # Areas from the masks: pycocotools 2.0.11's area() of more than 255 RLEs overflows (uint8 count).
+    areas = masks.reshape(len(masks), -1).sum(1, dtype=np.int64)
+    return rles, areas, np.rint(coco_mask.toBbox(encoded)).astype(np.int64)
+
+
 def _coco(rle: dict) -> dict:
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE

@@ -21,6 +21,7 @@ from maskdex.operators.alpha_clip.model import AlphaCLIP
 from maskdex.operators.common.clip_models import TINY_CLIP_CONFIG, build_clip, clip_tokenizer
 from maskdex.operators.dense.features import DenseCLIPFeatures
 from maskdex.operators.dense.windows import WindowSpec, rns_windows
+from maskdex.operators.sam2.fast_masks import FastSAM2MaskGenerator
 from maskdex.operators.sam2.masks import MaskSettings, SAM2MaskGenerator
 from maskdex.operators.registry.weights import (
     WEIGHTS_ENV,
@@ -295,14 +296,21 @@ def build_alpha_clip(spec: CLIPSpec, weights: str | os.PathLike | None = None) -
     return model
 
 
+AMG_CHOICES = ("fast", "stock")  # automatic mask generators: maskdex's batched one, sam2's own
+
+
 def mask_generator(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",
-                   dtype: str | None = "bfloat16", **settings) -> SAM2MaskGenerator:
-    """The preset's SAM 2 mask generator; keyword settings override the preset's MaskSettings."""
+                   dtype: str | None = "bfloat16", amg: str = "fast",
+                   **settings) -> SAM2MaskGenerator | FastSAM2MaskGenerator:
+    """The preset's SAM 2 mask generator; keyword settings override the preset's MaskSettings.
+    amg: 'fast' (FastSAM2MaskGenerator) or 'stock' (sam2's SAM2AutomaticMaskGenerator): the same masks."""
+    if amg not in AMG_CHOICES:
+        raise ValueError(f"unknown mask generator {amg!r}: choose one of {', '.join(AMG_CHOICES)}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
     require_weights(preset, weights, ("sam2",))
     spec = preset.sam2
-    return SAM2MaskGenerator(build_sam2_model(spec, weights), spec.mask_settings.replace(**settings),
-                             device=device, dtype=dtype)
+    generator = FastSAM2MaskGenerator if amg == "fast" else SAM2MaskGenerator
+    return generator(build_sam2_model(spec, weights), spec.mask_settings.replace(**settings), device=device, dtype=dtype)
 
 
 def alpha_clip_encoder(preset: str | ModelPreset, *, weights: str | os.PathLike | None = None, device="auto",

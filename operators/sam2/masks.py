@@ -53,7 +53,8 @@ class Region:
 
 
 class SAM2MaskGenerator:
-    """Wraps sam2's automatic mask generator for any model `image_size`.
+    """Wraps sam2's stock automatic mask generator for any model `image_size` (`--amg stock`; the
+    default is fast_masks.FastSAM2MaskGenerator, which gives the same masks faster).
 
     Regions come back sorted by predicted_iou x stability_score (best first), with at least
     `min_area` pixels, at most `max_masks` of them. Area and box are computed from the RLE itself,
@@ -79,6 +80,10 @@ class SAM2MaskGenerator:
         # for another image_size needs them at 1/4, 1/8 and 1/16 of that size.
         size = int(self.model.image_size)
         self._generator.predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+
+    def generate_batch(self, images) -> list[list[Region]]:
+        """The stock generator takes one image at a time."""
+        return [self.generate(image) for image in images]
 
     def generate(self, image) -> list[Region]:
         rgb = as_rgb_uint8(image)

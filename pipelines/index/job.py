@@ -53,6 +53,7 @@ INDEX_MODELS = ("sam2", "alpha_clip")
 @dataclass(frozen=True)
 class IndexSettings(ModelOptions):
     mask_settings: dict = field(default_factory=dict)  # overrides of the preset's MaskSettings
+    amg: str = "fast"  # automatic mask generator: fast (batched, same masks) or stock (sam2's)
     context: float | None = 0.5  # Alpha-CLIP crop margin around each region's box
     max_side: int = 1024  # images are downscaled to this before SAM 2 (it works at 1024 anyway)
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -226,7 +227,7 @@ def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet:
         MaskStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "settings": settings.mask_settings,
-                               "threads": max(1, int(settings.sam.num_cpus))},
+                               "threads": max(1, int(settings.sam.num_cpus)), "amg": settings.amg},
         **actor_pool(settings.sam, sam_actors),
     )
     return embed_stage(dataset, store, settings, clip_actors)

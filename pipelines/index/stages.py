@@ -112,34 +112,41 @@ def _run_with_retry(fn, what: str):
 
 
 class MaskStage:
-    """SAM 2 on an actor: regions (as JSON, at the working resolution) for every pending image."""
+    """SAM 2 on an actor: regions (as JSON, at the working resolution) for every pending image; the
+    batch's pending images go to the generator in one call (one encoder batch for the fast one)."""
 
     def __init__(self, preset: str, weights: str | None, device: str, dtype: str | None, settings: dict,
-                 threads: int):
+                 threads: int, amg: str = "fast"):
         import torch
 
         from maskdex.operators.registry.presets import mask_generator
 
         torch.set_num_threads(max(1, threads))
         self.node = ray.get_runtime_context().get_node_id()
-        self.generator = mask_generator(preset, weights=weights, device=device, dtype=dtype, **settings)
+        self.generator = mask_generator(preset, weights=weights, device=device, dtype=dtype, amg=amg, **settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _writable_status(batch)
-        regions_json = []
-        for index, status in enumerate(batch["status"]):
-            if status != PENDING:
-                regions_json.append("[]")
+        pending = [index for index, status in enumerate(batch["status"]) if status == PENDING]
+        images = [batch["image"][index] for index in pending]
+        results, error = _run_with_retry(lambda: self.generator.generate_batch(images), "SAM 2")
+        if error is not None and len(pending) > 1:
+            # One bad image must not fail the others: each on its own, with its own retry.
+            results = []
+            for index in pending:
+                regions, error = _run_with_retry(lambda: self.generator.generate(batch["image"][index]), "SAM 2")
+                results.append(error if regions is None else regions)
+        elif error is not None:
+            results = [error]
+        regions_json = ["[]"] * len(batch["status"])
+        for index, regions in zip(pending, results):
+            if isinstance(regions, str):
+                batch["status"][index], batch["error"][index] = FAILED, regions
                 continue
-            regions, error = _run_with_retry(lambda: self.generator.generate(batch["image"][index]), "SAM 2")
-            if error is not None:
-                batch["status"][index], batch["error"][index] = FAILED, error
-                regions_json.append("[]")
-                continue
-            regions_json.append(json.dumps([
+            regions_json[index] = json.dumps([
                 {"rle": r.rle, "bbox": list(r.bbox), "area": r.area,
                  "predicted_iou": r.predicted_iou, "stability_score": r.stability_score} for r in regions
-            ]))
+            ])
         batch["regions"] = np.asarray(regions_json, dtype=object)
         batch["node"] = np.asarray([self.node] * len(regions_json), dtype=object)
         return batch
