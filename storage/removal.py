@@ -22,6 +22,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.segmentation_store import SegmentationStore
 from maskdex.storage.tables import KEEP_VERSIONS_FOR, chunks, sql_string, sql_strings
@@ -161,3 +163,22 @@ def _segmentations(uri: str) -> SegmentationStore | None:
         return SegmentationStore.open(uri, create=False)
     except FileNotFoundError:
         return None
+
+
+def repoint_images(store: IndexStore, moves: dict[str, tuple[str, int | None, int | None]]) -> int:
+    """What a sync does instead of removing an image whose file was moved or touched (same bytes at
+    another uri, or a new identity): its images row gets the new uri and source identity, one commit
+    per chunk, and its regions stay. moves: image_id -> (uri, source_size, source_mtime_ns)."""
+    if store.read_only:
+        raise ValueError(f"cannot update images: the index at {store.uri} was opened read_only")
+    updated = 0
+    for part in chunks(sorted(moves), CHUNK):
+        table = store.images_table.search().where(f"image_id IN {sql_strings(part)}").limit(None).to_arrow()
+        rows = table.to_pylist()
+        for row in rows:
+            row["uri"], row["source_size"], row["source_mtime_ns"] = moves[row["image_id"]]
+        if rows:
+            store.images_table.merge_insert("image_id").when_matched_update_all().execute(
+                pa.Table.from_pylist(rows, schema=table.schema))
+        updated += len(rows)
+    return updated

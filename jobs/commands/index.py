@@ -68,6 +68,9 @@ def add_parsers(commands) -> None:
     index.add_argument("--max-failed-fraction", type=fraction, default=DEFAULT_MAX_FAILED_FRACTION,
                        help="most failed inputs, as a fraction of those the run tried, for it to succeed (exit 0); "
                             f"bad files are recorded and listed either way (default {DEFAULT_MAX_FAILED_FRACTION:g})")
+    index.add_argument("--sync", action="store_true",
+                       help="afterwards, remove the images whose source under SOURCES is gone or changed (a changed "
+                            "file is indexed again); decided from the listing, without reading finished files")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.set_defaults(run=run_index)
 
@@ -110,7 +113,7 @@ def run_index(args) -> int:
                      batch_size=args.clip_batch or defaults.clip.batch_size),
         commit_every=args.commit_every or defaults.commit_every,
         commit_seconds=args.commit_seconds or defaults.commit_seconds, retry_failed=args.retry_failed,
-        build_index=not args.no_build_index,
+        build_index=not args.no_build_index, sync=args.sync,
     )
     summary = index(args.sources, args.db, settings, address=args.address)
     print(json.dumps(summary.as_dict(), indent=2, default=str) if args.json else summary.render(), flush=True)

@@ -294,6 +294,14 @@ class Api:
     async def list_supports(self) -> dict:
         return {"sets": await self.segmenter.list_sets.remote()}
 
+    @app.post("/admin/remove", include_in_schema=False)
+    async def admin_remove(self, request: Request) -> dict:
+        """Remove images from the index (jobs/serve/admin_route.py)."""
+        from maskdex.jobs.serve.admin_route import remove
+
+        self._authorise(request)
+        return await remove(self, await self._body(request))
+
     # Helpers
 
     async def _readiness(self) -> list[str]:

@@ -25,6 +25,7 @@ from maskdex.operators.registry.options import ModelOptions
 from maskdex.operators.registry.presets import embedding_dim, get_preset, require_weights
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS
 from maskdex.pipelines.index.claims import start_claims
+from maskdex.pipelines.index.sync import SyncPlan
 from maskdex.pipelines.index.stages import (
     DUPLICATE,
     NO_IDENTITY,
@@ -80,6 +81,7 @@ class IndexSettings(ModelOptions):
     compact_every: int = CommitPolicy.compact_every
     retry_failed: bool = False
     build_index: bool = True
+    sync: bool = False  # afterwards, remove what the sources no longer hold (pipelines/index/sync.py)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class IndexSummary:
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its SAM 2 actors handled
     index: dict | None = None
     action: str = "indexed"  # or "re-embedded" (pipelines/index/reembed.py)
+    sync: dict | None = None  # with --sync: added, unchanged, changed, removed, repointed
 
     @property
     def images_per_second(self) -> float:
@@ -143,6 +146,8 @@ class IndexSummary:
         lines += [f"  failed: {uri}: {error}" for uri, error in self.failures[:20]]
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more failures (status 'failed' in the images table)")
+        if self.sync:
+            lines.append("  sync: " + ", ".join(f"{name} {count}" for name, count in self.sync.items()))
         if self.index:
             lines.append(f"  vector index: {json.dumps(self.index, default=str)}")
         return "\n".join(lines)
@@ -160,8 +165,12 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     if settings.retry_failed:
         store.forget_failed()
     summary = IndexSummary()
-    files = unfinished(store, expanded.files, summary)
+    identities = identify(expanded.files)
+    plan = SyncPlan(sources, expanded.files, identities) if settings.sync else None
+    files = unfinished(store, expanded.files, summary, identities)
     if not files and not expanded.parquet:  # nothing to do: no Ray, no models
+        if plan is not None:
+            summary.sync = _finish_sync(plan, store, summary, settings)
         if settings.build_index:
             summary.index = store.maybe_build_index()
         summary.seconds = time.perf_counter() - started
@@ -176,16 +185,19 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
     # Parquet sources hold an unknown number of images until read.
     progress = Progress("index", None if expanded.parquet else len(files))
-    commit_results(dataset, writer, preset.fingerprint, summary, progress)
+    commit_results(dataset, writer, preset.fingerprint, summary, progress, plan)
     writer.close()
     summary.startup_seconds = progress.startup_seconds
+    if plan is not None:
+        summary.sync = _finish_sync(plan, store, summary, settings)
     if settings.build_index:
         summary.index = store.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSummary, progress: Progress) -> None:
+def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSummary, progress: Progress,
+                   plan: SyncPlan | None = None) -> None:
     """Hand what the Alpha-CLIP stage (EmbedStage) streams back to the committer, counting every input.
     The one driver loop of the index and re-embed jobs."""
     # batch_size=None: each block as it arrives, so the writer's clock, not a batch size, decides commits.
@@ -196,6 +208,8 @@ def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSumm
             progress.advance()
             if row["status"] == SKIPPED:
                 summary.skipped += 1
+                if plan is not None:
+                    plan.saw(str(row["uri"]), str(row["image_id"]))
             elif row["status"] == DUPLICATE:
                 summary.duplicates += 1
             else:
@@ -281,10 +295,12 @@ def plan_actors(cluster: dict, settings: IndexSettings) -> tuple[int, int]:
     return sam_actors, clip_actors
 
 
-def unfinished(store: IndexStore, files: list[str], summary: IndexSummary) -> list[tuple[str, int, int]]:
+def unfinished(store: IndexStore, files: list[str], summary: IndexSummary,
+               identities: list[tuple[int, int] | None] | None = None) -> list[tuple[str, int, int]]:
     """(uri, size, mtime_ns) of each file whose identity is not recorded yet (-1s when it has
-    none); the others are counted as skipped, decided from metadata alone."""
-    identities = identify(files)
+    none); the others are counted as skipped, decided from metadata alone. identities: the files'
+    (identify), when the caller has them."""
+    identities = identify(files) if identities is None else identities
     recorded = store.known_sources()
     keys = [source_key(uri, *identity) if identity else b"" for uri, identity in zip(files, identities)]
     done = recorded.contains_many(keys) if len(recorded) else [False] * len(files)
@@ -297,6 +313,12 @@ def unfinished(store: IndexStore, files: list[str], summary: IndexSummary) -> li
         else:
             todo.append((uri, *(identity or (NO_IDENTITY, NO_IDENTITY))))
     return todo
+
+
+def _finish_sync(plan: SyncPlan, store: IndexStore, summary: IndexSummary, settings: IndexSettings) -> dict:
+    # The closing upkeep (maybe_build_index) tidies after the removal; without it, the removal does.
+    return plan.finish(store, added=summary.ok + summary.failed, unchanged=summary.unread,
+                       tidy=not settings.build_index)
 
 
 def _parquet_columns(parquet: list[str]) -> tuple[str, str | None] | None:
