@@ -99,10 +99,11 @@ _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exi
 
 
 def exception_line(message: str) -> str:
-    """The last "SomeError: what happened" line of a traceback text (the cause, not its wrappers);
-    the whole message when it holds none."""
-    found = _EXCEPTION_LINE.findall(message or "")
-    return found[-1].strip() if found else (message or "").strip()
+    """A traceback text from its last "SomeError: what happened" line on (the cause, not its wrappers,
+    with the lines of a message that has several); the whole text when it holds none."""
+    message = message or ""
+    found = list(_EXCEPTION_LINE.finditer(message))
+    return message[found[-1].start():].strip() if found else message.strip()
 
 
 def serve_forever(config: ServiceConfig, *, host: str, port: int, address: str | None = None) -> None:

@@ -30,7 +30,7 @@ def test_maskdex_serve_names_every_missing_weight_file_and_the_database_and_star
     weights, db = tmp_path / "weights", tmp_path / "no-such-db"
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump({"maskdex": {"preset": "fast", "weights": str(weights), "device": "cpu"}}))
-    done = _serve(["--config", str(config), "--db", str(db), "--port", str(free_port())], timeout=120)
+    done = _serve(["--config", str(config), "--db", str(db), "--port", str(free_port())], timeout=600)
     assert done.returncode == 2, done.stderr[-3000:]
     for name in FAST_FILES:  # each one, with where it was looked for
         assert str(weights / name) in done.stderr
@@ -69,6 +69,8 @@ def test_the_cause_is_the_last_exception_line_of_a_traceback():
                "ValueError: device 'cuda' was asked for, but CUDA is not available on this machine\n")
     assert exception_line(message) == "ValueError: device 'cuda' was asked for, but CUDA is not available on this machine"
     assert exception_line("just words") == "just words"
+    several = "Traceback:\n  File x\nServicePreflightError: the service cannot start:\n  - one\n  - two\n"
+    assert exception_line(several) == "ServicePreflightError: the service cannot start:\n  - one\n  - two"
 
 
 @pytest.mark.slow
@@ -78,7 +80,7 @@ def test_a_replica_that_fails_in_its_constructor_has_its_cause_on_the_console(se
     db, _ = serve_db
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump({"maskdex": {"preset": "tiny", "device": device}}))
-    done = _serve(["--config", str(config), "--db", db, "--port", str(free_port())], timeout=300)
+    done = _serve(["--config", str(config), "--db", db, "--port", str(free_port())], timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
     report = done.stderr[done.stderr.index("maskdex serve: error: the service did not start"):]
     assert "deployment TextEncoder failed to start:" in report
