@@ -1,6 +1,7 @@
 """Operator speed on this machine: SAM 2 ms per image and Alpha-CLIP region embeddings per second.
 
     python -m benchmarks.operators [--models tiny] [--repeats 5] [--device auto]
+    python -m benchmarks.operators --amg stock,fast [--amg-models tiny,sam2.1-hiera-t] [--compile]
 
 Prints a table of medians over repeats; the baseline row embeds whole images (one crop each) in
 the same process, so region throughput reads as a ratio against it.
@@ -36,8 +37,28 @@ def main() -> None:
     parser.add_argument("--models", default="tiny")
     parser.add_argument("--weights-dir", default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=None, help="default 5; 1 with --amg")
+    parser.add_argument("--amg", default=None,
+                        help="stock,fast: compare the automatic mask generators instead (benchmarks/amg.py)")
+    parser.add_argument("--amg-models", default="tiny,sam2.1-hiera-t", help="with --amg: SAM 2 models to run")
+    parser.add_argument("--dtype", default="bfloat16", help="with --amg: autocast dtype on CUDA")
+    parser.add_argument("--compile", action="store_true", help="with --amg: torch.compile the fast generator")
     args = parser.parse_args()
+    if args.amg is not None:
+        if sorted(args.amg.split(",")) != ["fast", "stock"]:
+            parser.error(f"--amg takes stock,fast (both run, in one process), got {args.amg!r}")
+        from benchmarks import amg
+
+        args.repeats = args.repeats or 1
+        args.amg_models = args.amg_models.split(",")
+        unknown = [name for name in args.amg_models if name not in amg.CASES]
+        if unknown:
+            parser.error(f"--amg-models: unknown {unknown}; choose from {', '.join(amg.CASES)}")
+        if args.device == "auto":
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        amg.main(args)
+        return
+    args.repeats = args.repeats or 5
 
     images = [np.asarray(getattr(data, name)()) for name in PHOTOS]
     masks = mask_generator(args.models, weights=args.weights_dir, device=args.device)

@@ -25,11 +25,11 @@ from maskdex.operators.common import rle_torch
 from maskdex.operators.registry.presets import SAM2_PRESETS, SAM2Spec, build_sam2_model, mask_generator
 from maskdex.operators.sam2.fast_masks import FastSAM2MaskGenerator
 from maskdex.operators.sam2.masks import SAM2MaskGenerator
-from tests.support.mask_match import match_regions
+from maskdex.operators.metrics.mask_match import match_regions
 
 LOGIT_SCALE = 20.0
-HIERA_T_IOU_THRESH = 0.5
-HIERA_T_STABILITY_THRESH = 0.3
+HIERA_T_IOU_THRESH = 0.49
+HIERA_T_STABILITY_THRESH = 0.4
 
 
 def _scaled(model):
@@ -183,6 +183,7 @@ def test_presets_build_either_generator_and_refuse_others():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # minutes on a quiet 2-core machine; far more on a shared one
 def test_fast_matches_stock_on_photos_tiny(tiny_model, photos):
     """Hundreds of masks per photo (16 x 16 points, 768 candidates), one encoder batch for all three."""
     settings = _settings(points_per_side=16)
@@ -195,16 +196,19 @@ def test_fast_matches_stock_on_photos_tiny(tiny_model, photos):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_fast_matches_stock_on_photos_hiera_t_1024(photos):
-    """sam2.1 hiera-t at its real 1024 input (seeded random weights); 8 x 8 points keep it to minutes."""
+    """sam2.1 hiera-t at its real 1024 input (seeded random weights). Its decoder costs about 16x the
+    tiny preset's per point on the CPU, so 8 x 8 points (192 candidates) on two photos, landscape
+    and portrait, keep it to minutes."""
     spec = SAM2_PRESETS["sam2.1-hiera-t"]
     model = _scaled(build_sam2_model(SAM2Spec(spec.name, spec.config, spec.image_size)))
     assert model.image_size == 1024
     settings = _settings(pred_iou_thresh=HIERA_T_IOU_THRESH, stability_score_thresh=HIERA_T_STABILITY_THRESH)
     stock = SAM2MaskGenerator(model, settings, device="cpu")
     fast = FastSAM2MaskGenerator(model, settings, device="cpu", decoder_batch=96)
-    images = _photos(photos)
+    images = {name: image for name, image in _photos(photos).items() if name != "astronaut"}
     total = 0
     for (name, image), regions in zip(images.items(), fast.generate_batch(list(images.values()))):
         total += _assert_same_masks(stock.generate(image), regions, name).expected
-    assert total >= 200, f"too few masks survive to compare: {total}"
+    assert total >= 150, f"too few masks survive to compare: {total}"

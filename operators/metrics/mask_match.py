@@ -1,4 +1,5 @@
-"""Greedy one-to-one matching of two generators' regions by mask IoU (the AMG match criterion)."""
+"""Greedy one-to-one matching of two mask generators' regions by mask IoU (how the fast generator is held to
+the stock one: tests/operators/sam2/test_fast_masks.py, benchmarks/amg.py)."""
 
 from __future__ import annotations
 
