@@ -105,6 +105,7 @@ def test_removal_by_id_and_by_prefix_leaves_no_trace_in_search_and_the_others_un
     assert stats["images_ok"] == 600 - len(gone) and stats["regions"] == (600 - len(gone)) * PER_IMAGE
 
 
+@pytest.mark.slow
 def test_a_removal_killed_part_way_leaves_each_image_present_or_gone_and_a_rerun_finishes(tmp_path):
     uri = str(tmp_path / "db")
     images, embeddings = _index(uri, 300, segmented=300, build=False)

@@ -46,6 +46,7 @@ def _settle() -> None:
     time.sleep(READER_CONSISTENCY.total_seconds() + 0.5)  # the service looks for new versions this often
 
 
+@pytest.mark.slow
 def test_admin_remove_takes_images_out_of_search_and_the_cli_removal_is_followed(removable):
     ids = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in removable.photos.items()}
     assert _found(removable) == set(ids.values())  # the search warms the service's caches
