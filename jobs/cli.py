@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskdex.jobs.commands import demo, evaluate, index, samples, segment, serve
+from maskdex.jobs.commands import demo, evaluate, index, samples, search, segment, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     index.add_parsers(commands)
+    search.add_parser(commands)
     segment.add_parsers(commands)
     serve.add_parser(commands)
     samples.add_parser(commands)
