@@ -197,7 +197,7 @@ class Api:
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "db": self.config.db, "preset": self.config.preset}
+        return {"status": "ok", "db": self.config.db, "preset": self.config.preset, "rerank": self.reranker is not None}
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> FileResponse:

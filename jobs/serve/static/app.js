@@ -351,7 +351,11 @@ async function showResult(result, rank, grid) {
   file.textContent = name;
   caption.append(score, meter, file);
   item.append(open, caption);
-  if (result.rerank) item.append(rerankNote(result));
+  if (result.rerank) {
+    item.dataset.rerank = result.rerank.status;
+    item.dataset.moved = result.rerank.moved ? "true" : "false";
+    item.append(rerankNote(result));
+  }
   open.addEventListener("click", () => openDetail(result));
   grid.append(item);
   const image = await loadImage("/images/" + result.image_id).catch(() => null);
@@ -359,9 +363,7 @@ async function showResult(result, rank, grid) {
   photo.src = image.src;
   const layer = maskLayer([[result.region.rle, MATCH_RGBA]], image.naturalWidth, image.naturalHeight);
   mask.width = layer.width; mask.height = layer.height;
-  const context = mask.getContext("2d");
-  context.drawImage(layer, 0, 0);
-  if (result.rerank && result.rerank.box) drawBox(context, result.rerank.box);
+  mask.getContext("2d").drawImage(layer, 0, 0);
 }
 
 // What the re-ranker did to a result: its verdict, how far it moved, and whether the mask is the one
@@ -423,7 +425,8 @@ async function openDetail(result) {
     const matched = result.region.region_id;
     const regions = [...stored.regions].sort((a, b) => (b.region_id === matched) - (a.region_id === matched));
     const shown = new Set([matched]);
-    const redraw = () => drawDetail(image, regions.filter((r) => shown.has(r.region_id)), regions);
+    const box = result.rerank && result.rerank.box;
+    const redraw = () => drawDetail(image, regions.filter((r) => shown.has(r.region_id)), regions, box);
     $("detail-regions").replaceChildren(...regions.map((region) => {
       const number = region.region_id.split(":").pop();
       const item = document.createElement("li");
@@ -465,13 +468,14 @@ function regionColour(regions, region) {
   return REGION_COLOURS[regions.indexOf(region) % REGION_COLOURS.length];
 }
 
-function drawDetail(image, shown, regions) {
+function drawDetail(image, shown, regions, box) {
   const canvas = $("detail-canvas");
   canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
   const context = canvas.getContext("2d");
   context.drawImage(image, 0, 0);
   const layer = maskLayer(shown.map((r) => [r.rle, [...regionColour(regions, r), 140]]), canvas.width, canvas.height);
   context.drawImage(layer, 0, 0);
+  if (box) drawBox(context, box);  // where the re-ranker pointed
   canvas.dataset.regionsShown = String(shown.length);
 }
 
@@ -697,6 +701,8 @@ function wire() {
   $("example-form").addEventListener("submit", addExample);
   $("set-token").value = sessionStorage.getItem("maskdex-token") || "";
   loadSets();
+  // The re-rank option only where the service has a re-ranker.
+  call("/healthz").then((health) => { $("rerank-option").hidden = !health.rerank; }).catch(() => {});
 }
 
 wire();
