@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from maskdex.jobs import console as consoles
-from maskdex.jobs.commands import demo, evaluate, index, reembed, remove, samples, segment, serve
+from maskdex.jobs.commands import demo, evaluate, index, reembed, remove, samples, search, segment, serve
 
 # Exit statuses: 0 the command did its work, 1 it did not (a run whose inputs failed, an error in a
 # worker), 2 bad input (arguments, a missing weight file, source or database), 130 interrupted,
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_parsers(commands)
     remove.add_parser(commands)
     reembed.add_parser(commands)
+    search.add_parser(commands)
     segment.add_parsers(commands)
     serve.add_parser(commands)
     samples.add_parser(commands)

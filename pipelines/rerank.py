@@ -149,12 +149,16 @@ def _order(judged: list[dict]) -> list[dict]:
 
 
 def search_and_rerank(searcher, reranker: ResultReranker, text: str, *, k: int = 10, oversample: int = 10,
-                      templates: bool = False, filters: dict | None = None) -> list[dict]:
-    """First stage for max(k, top) images, the second over its top N, the best k returned."""
+                      templates: bool = False, filters: dict | None = None,
+                      query: np.ndarray | None = None) -> list[dict]:
+    """First stage for max(k, top) images, the second over its top N, the best k returned. query: the
+    first stage's unit vector when it is not the text's alone (text with an example); the text is what
+    the re-ranker is asked about either way."""
     from maskdex.pipelines.search import check_query_text
 
     check_query_text(text)
-    query = searcher.embed([text], templates=templates)[0]
+    if query is None:
+        query = searcher.embed([text], templates=templates)[0]
     results = searcher.lookup(query, k=max(k, reranker.top), oversample=oversample, filters=filters)
     return reranker.rerank(text, results, query)[:k]
 

@@ -26,6 +26,7 @@ from maskdex.operators.registry.presets import alpha_clip_encoder, preset_from_f
 from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, resize_longest_side
 from maskdex.pipelines.index.job import IndexSettings
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.search import combine_queries, without_image
 
 EXAMPLE_WEIGHT = 0.5
 # What the index job embeds with unless told otherwise; a query by image must be embedded the same way.
@@ -99,15 +100,15 @@ class TextSearcher:
             example, own = self.store.stored_vector(query.like)
         elif query.example is not None:
             example, own = self.embed_inputs([self.example_input(query.example)])[0], query.example.image_id
-        return combine(text, example, query.weight), without_own_image(filters, own if query.exclude_self else None)
+        return combine_queries(text, example, query.weight), without_image(filters, own if query.exclude_self else None)
 
     def embed(self, texts: list[str], *, templates: bool = False) -> np.ndarray:
         """(len(texts), D) unit query vectors, in one pass of the text encoder (a service batches queries here)."""
         return self.encoder.embed_texts(list(texts), IMAGENET_TEMPLATES if templates else None).float().numpy()
 
-    def example_input(self, example: Example) -> tuple[torch.Tensor, torch.Tensor]:
+    def example_input(self, example: Example, *, max_pixels: int = _INDEXED.max_pixels) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's input for an example; a ValueError names what is wrong with it."""
-        rgb, mask = example_pixels(example, max_pixels=_INDEXED.max_pixels, max_side=_INDEXED.max_side)
+        rgb, mask = example_pixels(example, max_pixels=max_pixels, max_side=_INDEXED.max_side)
         return self.encoder.region_input(rgb, mask)
 
     def embed_inputs(self, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
@@ -120,28 +121,6 @@ class TextSearcher:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return self.store.search(query, k=k, oversample=oversample, filters=filters)
-
-
-def combine(text: np.ndarray | None, example: np.ndarray | None, weight: float = EXAMPLE_WEIGHT) -> np.ndarray:
-    """normalise((1 - weight) * text + weight * example) of two unit vectors; either alone when the other is None."""
-    if text is None or example is None:
-        only = text if example is None else example
-        if only is None:
-            raise ValueError("nothing to search with: give a text, an indexed region (like) or an image")
-        return np.asarray(only, dtype=np.float32)
-    mixed = (1.0 - weight) * np.asarray(text, np.float32) + weight * np.asarray(example, np.float32)
-    norm = float(np.linalg.norm(mixed))
-    if not np.isfinite(norm) or norm < 1e-6:
-        raise ValueError("the text and the example cancel out at this weight: change the weight")
-    return (mixed / norm).astype(np.float32)
-
-
-def without_own_image(filters: dict | None, image_id: str | None) -> dict | None:
-    if image_id is None:
-        return filters
-    filters = dict(filters or {})
-    filters["exclude_image_ids"] = [*(filters.get("exclude_image_ids") or []), image_id]
-    return filters
 
 
 def example_pixels(example: Example, *, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -26,7 +26,7 @@ from maskdex.storage import search as region_search
 from maskdex.storage.schemas import IMAGES, REGIONS
 from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_string, sql_strings
 
-__all__ = ["IndexStore", "ModelMismatchError"]
+__all__ = ["IndexStore", "ModelMismatchError", "NotIndexed"]
 # The images table's config key under which a sync notes what it did (pipelines/index/sync.py).
 LAST_SYNC = "maskdex.last_sync"
 # Ids per `IN (...)` lookup, to keep the SQL short.
@@ -34,6 +34,10 @@ _ID_CHUNK = 1000
 # Rows a merge of small region fragments aims at: the size below which a fragment is merged again,
 # so each row is rewritten about once by merges, whatever the run's length.
 MERGED_ROWS = 65_536
+
+
+class NotIndexed(ValueError):
+    """A query names an image or region the index does not hold."""
 
 
 class IndexStore:
@@ -301,15 +305,15 @@ class IndexStore:
         image_id, _, number = str(like).strip().partition(":")
         row = self.image(image_id) if image_id else None
         if row is None or row["status"] != "ok":
-            raise ValueError(f"no image {image_id or '(empty id)'} in the index" if row is None else
+            raise NotIndexed(f"no image {image_id or '(empty id)'} in the index" if row is None else
                              f"image {image_id} failed to index, so it has no embedding")
         if not number:
             return row["embedding"], image_id
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise ValueError(f"a region is IMAGE_ID:N with N a region number, got {like!r}")
         table = self._where(self._regions, f"region_id = {sql_string(f'{image_id}:{int(number)}')}", ["embedding"])
         if table.num_rows == 0:
-            raise ValueError(f"image {image_id} has no region {int(number)} (it has {row['n_regions']}: "
+            raise NotIndexed(f"image {image_id} has no region {int(number)} (it has {row['n_regions']}: "
                              f"0 to {row['n_regions'] - 1})" if row["n_regions"] else
                              f"image {image_id} has no regions")
         return np.asarray(table["embedding"][0].as_py(), dtype=np.float32), image_id

@@ -22,6 +22,33 @@ _REGION_COLUMNS = ["region_id", "image_id", "rle", "bbox", "_distance"]  # Lance
 _WIDEN = 4
 
 
+def combine_queries(text: np.ndarray | None, example: np.ndarray | None, weight: float = 0.5) -> np.ndarray:
+    """One query from a text and an example vector (both unit): normalise((1 - weight) * text + weight *
+    example), so weight is the example's share (0: the text alone, 1: the example alone); either vector
+    alone when the other is None. Raises ValueError when they cancel out."""
+    if text is None or example is None:
+        only = text if example is None else example
+        if only is None:
+            raise ValueError("nothing to search with: give a text, an indexed region (like) or an image")
+        return np.asarray(only, dtype=np.float32)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the example's weight must be between 0 and 1, got {weight}")
+    mixed = (1.0 - weight) * np.asarray(text, np.float32) + weight * np.asarray(example, np.float32)
+    norm = float(np.linalg.norm(mixed))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise ValueError("the text and the example cancel out at this weight: change the weight")
+    return (mixed / norm).astype(np.float32)
+
+
+def without_image(filters: dict | None, image_id: str | None) -> dict | None:
+    """The filters with image_id left out of the results (a query by example's own image); None: unchanged."""
+    if image_id is None:
+        return filters
+    filters = dict(filters or {})
+    filters["exclude_image_ids"] = [*(filters.get("exclude_image_ids") or []), image_id]
+    return filters
+
+
 def where_clause(filters: dict | None) -> str | None:
     """SQL for the optional scalar filters; raises ValueError on an unknown key."""
     if not filters:

@@ -1,18 +1,11 @@
-"""`maskdex index`, `search`, `build-index` and `stats`."""
+"""`maskdex index`, `build-index` and `stats` (`search` is in search.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from maskdex.jobs.arguments import (
-    add_db,
-    add_model_options,
-    add_rerank_options,
-    model_options,
-    positive_int,
-    rerank_settings,
-)
+from maskdex.jobs.arguments import add_db, add_model_options, model_options, positive_int
 from maskdex.jobs.console import terminal
 
 
@@ -74,16 +67,6 @@ def add_parsers(commands) -> None:
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.set_defaults(run=run_index)
 
-    search = commands.add_parser("search", help="find images by text; ranked by their best-matching region")
-    search.add_argument("text", metavar="TEXT")
-    add_db(search)
-    search.add_argument("-k", type=positive_int, default=10, help="images to return (default 10)")
-    search.add_argument("--templates", action="store_true", help="average the query over CLIP prompt templates")
-    add_model_options(search, preset=False)
-    search.add_argument("--json", action="store_true", help="print results as JSON")
-    add_rerank_options(search)
-    search.set_defaults(run=run_search)
-
     build = commands.add_parser("build-index", help="build, refresh or (when the table has outgrown it) retrain the vector and scalar indexes")
     add_db(build)
     build.add_argument("--force", action="store_true", help="build the vector index even on a small table")
@@ -122,44 +105,6 @@ def run_index(args) -> int:
         print(f"maskdex index: error: {failed} (status 'failed' in the images table)", file=terminal())
         return 1
     return 0
-
-
-def run_search(args) -> int:
-    from maskdex.pipelines.search import TextSearcher
-
-    searcher = TextSearcher(args.db, weights=args.weights_dir, device=args.device)
-    if args.rerank:
-        from maskdex.operators.registry.rerankers import build_reranker
-        from maskdex.pipelines.rerank import ResultReranker, search_and_rerank
-
-        settings = rerank_settings(args)
-        reranker = ResultReranker(build_reranker(settings, weights=args.weights_dir), searcher.store,
-                                  top=settings.top)
-        results = search_and_rerank(searcher, reranker, args.text, k=args.k, templates=args.templates)
-    else:
-        results = searcher.search(args.text, k=args.k, templates=args.templates)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    if not results:
-        print("no results (is the database empty?)")
-    print(f"{'rank':>4} {'score':>7}  {'region box (x, y, w, h)':>24}  " + ("re-rank  " if args.rerank else "") + "uri")
-    for rank, result in enumerate(results, 1):
-        verdict = f"{_rerank_label(result):<8} " if args.rerank else ""
-        print(f"{rank:4d} {result['score']:7.3f}  {str(tuple(result['region']['bbox'])):>24}  {verdict}{result['uri']}")
-    if args.rerank:
-        unusable = [result["rerank"] for result in results if result["rerank"]["status"] in ("unparsed", "error")]
-        if unusable:
-            print(f"{len(unusable)} result(s) kept their first-stage rank: the re-ranker's reply was not usable "
-                  f"(first: {unusable[0]['status']}: {unusable[0]['reason']})")
-    return 0
-
-
-def _rerank_label(result: dict) -> str:
-    rerank = result["rerank"]
-    moved = rerank["first_stage_rank"] - rerank["rank"]
-    arrow = f"+{moved}" if moved > 0 else (str(moved) if moved < 0 else "")
-    return f"{rerank['status'][:4]}{arrow}"
 
 
 def run_build_index(args) -> int:

@@ -5,6 +5,7 @@ ValueError that a pipeline raises on the request's data), 500 otherwise.
 """
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import mimetypes
@@ -54,7 +55,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 @app.exception_handler(BadInput)
 async def _bad_input(request: Request, error: BadInput) -> JSONResponse:
-    return _error(error.status, error.message)
+    # Messages from the stores name the database by its path, which is the server's business, not the user's.
+    db = getattr(request.app.state, "db", None)
+    return _error(error.status, error.message.replace(f" at {db}", "").replace(db, "the database") if db else error.message)
 
 
 @app.exception_handler(RequestValidationError)
@@ -160,6 +163,24 @@ def _form_int(text: str | None, name: str) -> int | None:
         raise BadInput(f"{name} must be a whole number, got {text[:40]!r}") from None
 
 
+def _form_float(text: str | None, name: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise BadInput(f"{name} must be a number, got {text[:40]!r}") from None
+
+
+def _form_box(text: str) -> tuple[int, int, int, int]:
+    from maskdex.pipelines.search import parse_box
+
+    try:
+        return parse_box(text)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+
+
 @serve.deployment(name="Api")
 @serve.ingress(app)
 class Api:
@@ -174,6 +195,7 @@ class Api:
         self.query_vectors = QueryVectors(encoder, self.config.text_cache_size, _model_call)
         app.state.metrics = RequestMetrics()
         self._ready = False
+        app.state.db = self.config.db
         app.openapi_schema = None  # rebuilt with this config's limits (openapi.service_schema)
         app.openapi = lambda: openapi.service_schema(app, self.limits)
 
@@ -190,7 +212,7 @@ class Api:
                 return JSONResponse({"status": "starting", "waiting_for": waiting}, status_code=503)
             # Once ready, stays ready: the models do not unload, and Serve itself replaces a replica that dies.
             self._ready = True
-        return {"status": "ok", "db": self.config.db, "preset": self.config.preset}
+        return {"status": "ok", "db": self.config.db, "preset": self.config.preset, "rerank": self.reranker is not None}
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> FileResponse:
@@ -202,17 +224,55 @@ class Api:
 
     # Search and images
 
-    @app.post("/search", response_model=list[openapi.SearchHit], responses=openapi.errors(400, 413, 422),
-              openapi_extra=openapi.SEARCH_BODY)
+    @app.post("/search", response_model=list[openapi.SearchHit], responses=openapi.errors(400, 404, 413, 422),
+              openapi_extra=openapi.search_body())
     async def search(self, request: Request) -> list[dict]:
-        query = parse_json(await self._body(request), SearchRequest)
-        check_search(query, self.limits)
+        """By text, by example (JSON `like`, or a multipart upload with an optional box or mask), or both."""
+        return await self._search(*await self._search_request(request))
+
+    @app.post("/search/coco", response_model=openapi.CocoInstances, responses=openapi.errors(400, 404, 413, 422),
+              openapi_extra=openapi.search_body())
+    async def search_coco(self, request: Request) -> dict:
+        """The same search, answered as a COCO instances document (what `maskdex search --export coco` writes)."""
+        from maskdex.pipelines.export import coco_instances, query_label
+
+        query, example = await self._search_request(request)
+        results = await self._search(query, example)
+        return coco_instances(results, query_label(query.text, query.like, "an uploaded image" if example else None))
+
+    async def _search_request(self, request: Request) -> tuple[SearchRequest, tuple | None]:
+        """The query and, for a multipart body, the example: (image bytes, box or None, mask bytes or None)."""
+        if not _is_multipart(request):
+            query = parse_json(await self._body(request), SearchRequest)
+            check_search(query, self.limits)
+            return query, None
+        form = await self._form(request)
+        image = await self._upload(form, "image")
+        mask = await self._upload(form, "mask") if form.get("mask") is not None else None
+        fields = {"text": (_field(form, "text") or "").strip() or None, "like": _field(form, "like") or None,
+                  "k": _form_int(_field(form, "k"), "k"),
+                  "oversample": _form_int(_field(form, "oversample"), "oversample"),
+                  "weight": _form_float(_field(form, "weight"), "weight"),
+                  "exclude_self": form_bool(_field(form, "exclude_self"), "exclude_self"),
+                  "templates": form_bool(_field(form, "templates"), "templates")}
+        query = validate(SearchRequest, {key: value for key, value in fields.items() if value is not None})
+        check_search(query, self.limits, uploaded=True)
+        box = _field(form, "box")
+        box = _form_box(box) if box and box.strip() else None
+        if box is not None and mask is not None:
+            raise BadInput("send a box or a mask, not both")
+        check_image_bytes(image, self.limits)
+        if mask is not None:
+            check_image_bytes(mask, self.limits, what="mask")
+        return query, (image, box, mask)
+
+    async def _search(self, query: SearchRequest, example: tuple | None) -> list[dict]:
         filters = query.filters.model_dump(exclude_none=True) if query.filters else None
         if query.rerank:
             from maskdex.jobs.serve.rerank_route import reranked_search
 
-            return await reranked_search(self, query, filters)
-        results, _ = await self.first_stage(query, query.k, filters)
+            return await reranked_search(self, query, filters, example)
+        results, _ = await self.first_stage(query, query.k, filters, example)
         return results
 
     @app.get("/images/{image_id}", response_class=Response,
@@ -302,6 +362,24 @@ class Api:
         self._authorise(request)
         return await remove(self, await self._body(request))
 
+    @app.delete("/supports/{set_name}", responses=openapi.errors(400, 401, 404, 422))
+    async def remove_support_set(self, set_name: str, request: Request) -> dict:
+        """Delete a support set and all of its examples."""
+        self._authorise(request)
+        return await self._remove_support(set_name, None)
+
+    @app.delete("/supports/{set_name}/classes/{class_name}", responses=openapi.errors(400, 401, 404, 422))
+    async def remove_support_class(self, set_name: str, class_name: str, request: Request) -> dict:
+        """Delete one class of a support set (the set goes with its last class)."""
+        self._authorise(request)
+        return await self._remove_support(set_name, class_name)
+
+    async def _remove_support(self, set_name: str, class_name: str | None) -> dict:
+        try:
+            return await self.segmenter.remove.remote(set_name, class_name)
+        except ValueError as error:
+            raise BadInput(str(getattr(error, "cause", error)), 404) from None
+
     # Helpers
 
     async def _readiness(self) -> list[str]:
@@ -366,12 +444,40 @@ class Api:
             raise BadInput(f"{name} is missing: upload it as a file field named {name!r}")
         return await upload.read()
 
-    async def first_stage(self, query: SearchRequest, k: int, filters: dict | None) -> tuple[list[dict], np.ndarray]:
-        """The k best images for the query's text, and its query vector (a re-ranker scores with it).
+    async def first_stage(self, query: SearchRequest, k: int, filters: dict | None,
+                          example: tuple | None = None) -> tuple[list[dict], np.ndarray]:
+        """The k best images for the query, and its query vector (a re-ranker scores with it).
         The lookup runs here, beside the cached vectors, not on the encoder's replica."""
-        vector = await self.query_vectors.get(query.text, query.templates)
+        vector, filters = await self._query_vector(query, filters, example)
         results = await asyncio.to_thread(self._lookup, vector, k, query.oversample, filters)
         return results, vector
+
+    async def _query_vector(self, query: SearchRequest, filters: dict | None,
+                            example: tuple | None) -> tuple[np.ndarray, dict | None]:
+        """Text, example, or both combined (storage.search.combine_queries); an uploaded example goes through
+        the encoder deployment, which batches it with others; a `like` is read from the index."""
+        from maskdex.storage.search import combine_queries, without_image
+
+        text = await self.query_vectors.get(query.text, query.templates) if query.text is not None else None
+        shown, own = None, None
+        if query.like is not None:
+            shown, own = await asyncio.to_thread(self._stored_vector, query.like)
+        elif example is not None:
+            shown = await _model_call(self.encoder.embed_example.remote(*example))
+            own = hashlib.sha256(example[0]).hexdigest()
+        try:
+            vector = combine_queries(text, shown, query.weight)
+        except ValueError as error:
+            raise BadInput(str(error)) from None
+        return vector, without_image(filters, own if query.exclude_self else None)
+
+    def _stored_vector(self, like: str) -> tuple[np.ndarray, str]:
+        from maskdex.storage.index_store import NotIndexed
+
+        try:
+            return self._index_store().stored_vector(like)
+        except NotIndexed as error:
+            raise BadInput(str(error), 404) from None
 
     def _lookup(self, vector: np.ndarray, k: int, oversample: int, filters: dict | None) -> list[dict]:
         try:

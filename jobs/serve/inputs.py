@@ -36,9 +36,16 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    """text, an example (like: an indexed IMAGE_ID[:N]; or, in a multipart body, an uploaded image with an
+    optional box or mask), or text and example: q = normalise((1 - weight) * text + weight * example)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: str | None = None
+    like: str | None = Field(None, description="an indexed region, IMAGE_ID:N, or a whole image, IMAGE_ID")
+    weight: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False,
+                          description="the example's share when text and an example are both given")
+    exclude_self: StrictBool = Field(False, description="leave the example's own image out of the results")
     k: StrictInt = 10
     oversample: StrictInt = 10
     templates: StrictBool = False
@@ -60,11 +67,21 @@ class SegmentRequest(BaseModel):
     seed: StrictInt = Field(0, ge=0, le=_SEED_MAX)
 
 
-def check_search(request: SearchRequest, limits: Limits) -> None:
-    if not request.text.strip():
-        raise BadInput("text is empty")
-    if len(request.text) > limits.max_text_chars:
-        raise BadInput(f"text is {len(request.text)} characters long; the limit is {limits.max_text_chars}")
+def check_search(request: SearchRequest, limits: Limits, *, uploaded: bool = False) -> None:
+    """uploaded: the request carries an image as its example (multipart)."""
+    if request.text is None and request.like is None and not uploaded:
+        raise BadInput("nothing to search with: send text, like (an indexed IMAGE_ID[:N]) or an image")
+    if request.like is not None and uploaded:
+        raise BadInput("send one example: like or an uploaded image, not both")
+    if request.like is not None:
+        image_id, _, number = request.like.partition(":")
+        check_image_id(image_id)
+        if ":" in request.like and not re.fullmatch(r"[0-9]{1,9}", number):
+            raise BadInput(f"like is IMAGE_ID or IMAGE_ID:N with N a region number, got {request.like[:80]!r}")
+    if request.rerank and request.text is None:
+        raise BadInput("rerank asks a multimodal LLM about the text: send text too")
+    if request.text is not None:
+        check_text(request.text, limits)
     if not 1 <= request.k <= limits.max_k:
         raise BadInput(f"k must be between 1 and {limits.max_k}, got {request.k}")
     if not 1 <= request.oversample <= limits.max_oversample:
@@ -73,6 +90,13 @@ def check_search(request: SearchRequest, limits: Limits) -> None:
     if filters and filters.image_ids:
         for image_id in filters.image_ids:
             check_image_id(image_id)
+
+
+def check_text(text: str, limits: Limits) -> None:
+    if not text.strip():
+        raise BadInput("text is empty")
+    if len(text) > limits.max_text_chars:
+        raise BadInput(f"text is {len(text)} characters long; the limit is {limits.max_text_chars}")
 
 
 def check_classes(classes: list[str] | None, limits: Limits) -> None:

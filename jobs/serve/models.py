@@ -19,7 +19,8 @@ from maskdex.jobs.serve.config import MaskdexConfig
 
 @serve.deployment(name="TextEncoder")
 class TextEncoder:
-    """Query texts to unit query vectors, in batches across concurrent requests. The search itself
+    """Query texts, and example images (whole, a box or a mask), to unit query vectors, in batches across
+    concurrent requests: Alpha-CLIP embeds both. The search itself
     (and the cache of recent query vectors) is the ingress's: this replica holds the model, and a
     LanceDB lookup here would take a GPU replica's time and add a hop to every cached query."""
 
@@ -28,8 +29,11 @@ class TextEncoder:
 
         settings = MaskdexConfig.model_validate(config)
         self.searcher = TextSearcher(settings.db, weights=settings.weights, device=settings.device)
-        self._embed.set_max_batch_size(settings.batching.max_batch_size)
-        self._embed.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
+        self.max_pixels = settings.limits.max_pixels
+        self.passes = {"text": 0, "example": 0}  # model passes, by kind (GET-able through passes_so_far)
+        for batched in (self._embed, self._embed_examples):
+            batched.set_max_batch_size(settings.batching.max_batch_size)
+            batched.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
 
     def ready(self) -> bool:
         """Answered once the constructor has loaded the model (the ingress's readiness check)."""
@@ -41,9 +45,28 @@ class TextEncoder:
         check_query_text(text)
         return await self._embed((text, templates))
 
+    async def embed_example(self, image: bytes, box: tuple[int, int, int, int] | None, mask: bytes | None) -> np.ndarray:
+        """An example image's unit vector, embedded as the index embeds a region; ValueError on bad input.
+        Decoding and cropping run per request, so one bad image never fails the others of its batch."""
+        from maskdex.pipelines.search import Example
+
+        prepared = await asyncio.to_thread(self.searcher.example_input, Example(image, box, mask),
+                                           max_pixels=self.max_pixels)
+        return await self._embed_examples(prepared)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _embed_examples(self, inputs: list) -> list[np.ndarray]:
+        self.passes["example"] += 1
+        return list(await asyncio.to_thread(self.searcher.embed_inputs, inputs))
+
+    def passes_so_far(self) -> dict[str, int]:
+        """How many encoder passes this replica has made, by kind: what says a `like` query used none."""
+        return dict(self.passes)
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _embed(self, queries: list[tuple[str, bool]]) -> list[np.ndarray]:
         vectors: list = [None] * len(queries)
+        self.passes["text"] += 1
         # Template averaging changes the encoder's input, so each kind gets its own pass.
         for templates in (False, True):
             picked = [index for index, (_, wants) in enumerate(queries) if wants == templates]
@@ -118,3 +141,10 @@ class SegmenterModel:
 
     def list_sets(self) -> dict[str, dict[str, int]]:
         return self.segmenter.store.list_sets()
+
+    def remove(self, set_name: str, class_name: str | None) -> dict:
+        """Delete a set, or one class of it; ValueError naming what does not exist."""
+        with self._lock:
+            store = self.segmenter.store
+            removed = store.remove_set(set_name) if class_name is None else store.remove_class(set_name, class_name)
+        return {"set": set_name, "class": class_name, "removed_examples": removed}

@@ -47,6 +47,7 @@ class Health(BaseModel):
     status: Literal["ok"]
     db: str
     preset: str
+    rerank: bool  # whether POST /search takes {"rerank": true}
 
 
 class NotReady(BaseModel):
@@ -121,8 +122,19 @@ class SupportAdded(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class CocoInstances(BaseModel):
+    """Search results as COCO instances: images, one annotation per result's region (its RLE), the query as
+    the category."""
+
+    model_config = ConfigDict(extra="allow")
+
+    images: list[dict]
+    annotations: list[dict]
+    categories: list[dict]
+
+
 _MESSAGES = {400: "the request is malformed or names something invalid", 401: "a bearer token is needed",
-             404: "no such image, set or page", 413: "the request is over the upload limit",
+             404: "no such image, region, set or page", 413: "the request is over the upload limit",
              415: "the body has the wrong content type", 422: "a field has the wrong type or value"}
 
 
@@ -143,6 +155,23 @@ def segment_body() -> dict:
         "shots_only": {"type": "string", "enum": ["true", "false"]},
         "seed": {"type": "string", "pattern": "^[0-9]{1,9}$"}}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(SegmentRequest)},
+                                                           "multipart/form-data": {"schema": form}}}}
+
+
+def search_body() -> dict:
+    """JSON (text and/or like), or multipart with an uploaded example image and, optionally, a box or a mask."""
+    flag = {"type": "string", "enum": ["true", "false"]}
+    form = {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary", "description": "the example image"},
+        "box": {"type": "string", "pattern": "^[0-9]{1,6},[0-9]{1,6},[0-9]{1,6},[0-9]{1,6}$",
+                "description": "x,y,w,h in the image's pixels: search with this box of it"},
+        "mask": {"type": "string", "format": "binary",
+                 "description": "an image of the same size whose non-zero pixels are the region to search with"},
+        "text": {"type": "string", "description": "optional words, mixed with the example by weight"},
+        "weight": {"type": "string", "description": "the example's share in [0, 1] (default 0.5)"},
+        "k": {"type": "string", "pattern": "^[0-9]{1,4}$"}, "oversample": {"type": "string", "pattern": "^[0-9]{1,4}$"},
+        "exclude_self": flag, "templates": flag}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(SearchRequest)},
                                                            "multipart/form-data": {"schema": form}}}}
 
 

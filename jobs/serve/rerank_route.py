@@ -13,7 +13,7 @@ from maskdex.jobs.serve.inputs import BadInput
 log = logging.getLogger("maskdex.serve")
 
 
-async def reranked_search(api, query, filters: dict | None) -> list[dict]:
+async def reranked_search(api, query, filters: dict | None, example: tuple | None = None) -> list[dict]:
     from maskdex.pipelines.rerank import not_reranked
 
     settings = api.config.rerank
@@ -22,7 +22,7 @@ async def reranked_search(api, query, filters: dict | None) -> list[dict]:
     top = query.rerank_top if query.rerank_top is not None else settings.top
     if not 1 <= top <= api.limits.max_k:
         raise BadInput(f"rerank_top must be between 1 and {api.limits.max_k}, got {top}")
-    results, vector = await api.first_stage(query, max(query.k, top), filters)
+    results, vector = await api.first_stage(query, max(query.k, top), filters, example)
     try:
         reranked = await api.reranker.rerank.remote(query.text, results, vector, top)
     except Exception as error:  # the deployment died or could not start: degrade, say why

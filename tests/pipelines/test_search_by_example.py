@@ -11,7 +11,8 @@ from PIL import Image
 from skimage import data
 
 from maskdex.operators.common import rle as rle_codec
-from maskdex.pipelines.search import Example, Query, TextSearcher, combine
+from maskdex.pipelines.search import Example, Query, TextSearcher
+from maskdex.storage.search import combine_queries
 
 pytestmark = pytest.mark.slow
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
@@ -136,7 +137,7 @@ def test_text_and_example_together_rank_between_the_two(searcher, indexed):
         vector, _ = searcher.query_vector(Query(text=text, like=like, weight=weight))
         np.testing.assert_allclose(vector, expected, atol=1e-6)
     both, _ = searcher.query_vector(Query(text=text, like=like))
-    np.testing.assert_allclose(both, combine(t, e, 0.5), atol=1e-6)
+    np.testing.assert_allclose(both, combine_queries(t, e, 0.5), atol=1e-6)
     assert np.linalg.norm(both) == pytest.approx(1.0, abs=1e-5)
     # The example's image: first by the example, where the text put it, and between the two for both.
     mixed = [r["image_id"] for r in searcher.search(text, like=like, k=4)]

@@ -52,7 +52,7 @@ CASES = {
     "huge k": ("post", "/search", {"json": {"text": "cat", "k": 10**40}}, 400, "k must"),
     "k as a string": ("post", "/search", {"json": {"text": "cat", "k": "3"}}, 422, "k"),
     "k as a float": ("post", "/search", {"json": {"text": "cat", "k": 2.5}}, 422, "k"),
-    "text missing": ("post", "/search", {"json": {"k": 3}}, 422, "text"),
+    "text missing": ("post", "/search", {"json": {"k": 3}}, 400, "nothing to search with"),
     "text not a string": ("post", "/search", {"json": {"text": ["cat"]}}, 422, "text"),
     "unknown field": ("post", "/search", {"json": {"text": "cat", "kk": 3}}, 422, "kk"),
     "body not JSON": ("post", "/search", {"data": b"\xff{not json", "headers": {"Content-Type": "application/json"}},

@@ -120,7 +120,7 @@ def test_a_confirmed_candidate_moves_ahead(rerank_service, chat_server):
 def test_the_page_shows_what_the_reranker_moved_with_the_matched_mask(rerank_service, chat_server):
     import os
 
-    from tests.jobs.serve.test_serve_browser import CHROMIUM, CHROMIUM_ARGS, MASK_PIXELS
+    from tests.jobs.serve.test_serve_browser import CHROMIUM, CHROMIUM_ARGS, PAINTED
 
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
@@ -136,16 +136,16 @@ def test_the_page_shows_what_the_reranker_moved_with_the_matched_mask(rerank_ser
             errors = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(rerank_service.url + "/")
-            page.fill("#search-text", "a cat")
-            page.fill("#search-k", "3")
-            page.check("#search-rerank")
-            page.click("#search-form button[type=submit]")
-            page.wait_for_function("document.getElementById('search-status').textContent.endsWith('results')",
+            page.get_by_label("Describe what to find").fill("a cat")
+            page.get_by_label("How many results").select_option("3")
+            page.get_by_label("Double-check the top results with a vision-language model").check()
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.wait_for_function("document.getElementById('search-status').textContent.includes('results for')",
                                    timeout=60_000)
             cards = page.query_selector_all(".result")
             shown = [(card.get_attribute("data-image-id"), card.get_attribute("data-rerank"),
                       card.get_attribute("data-moved"), card.query_selector(".rerank").inner_text(),
-                      card.query_selector("canvas.mask").evaluate(MASK_PIXELS)[0]) for card in cards]
+                      card.query_selector("canvas.mask").evaluate(PAINTED)) for card in cards]
             browser.close()
     finally:
         chat_server.answer = chat_server.default_answer
@@ -153,7 +153,7 @@ def test_the_page_shows_what_the_reranker_moved_with_the_matched_mask(rerank_ser
     assert [s[0] for s in shown] == [r["image_id"] for r in expected]
     assert [s[1] for s in shown] == ["confirmed", "rejected", "skipped"]
     assert [s[2] for s in shown] == ["true", "true", "false"]
-    assert "\u2191" in shown[0][3] and "was #2" in shown[0][3]
+    assert "moved up 1" in shown[0][3] and "was #2" in shown[0][3]
     # The mask drawn on the moved card is the region the re-ranker's box matched.
     assert shown[0][4] == rle.area(expected[0]["region"]["rle"])
 
