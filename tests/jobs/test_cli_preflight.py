@@ -8,8 +8,10 @@ shows that Ray never started.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -135,7 +137,9 @@ def test_a_run_that_indexes_nothing_fails_and_one_bad_file_of_many_does_not(tmp_
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "notes.jpg").write_text("a text file with a .jpg name\n")
-    done = run(["index", "photos", "--db", "db"], tmp_path)
+    # Ray's socket paths must stay under 108 bytes: its temp dir goes where pytest's long names are not.
+    ray_dir = tempfile.mkdtemp(prefix="maskdex-ray-", dir="/tmp")
+    done = run(["index", "photos", "--db", "db"], tmp_path, RAY_TMPDIR=ray_dir)
     assert done.returncode == 1, done.stderr
     assert "failed: " in done.stdout and "notes.jpg" in done.stdout  # listed, and recorded
     assert "no input could be indexed: all 1 failed" in done.stderr and no_traceback(done)
@@ -143,7 +147,25 @@ def test_a_run_that_indexes_nothing_fails_and_one_bad_file_of_many_does_not(tmp_
     for name in ("coffee", "chelsea"):
         Image.fromarray(getattr(data, name)()).save(photos / f"{name}.jpg")
     (photos / "more_notes.jpg").write_text("another text file\n")
-    done = run(["index", "photos", "--db", "db", "--max-failed-fraction", "0.5"], tmp_path)
+    done = run(["index", "photos", "--db", "db", "--max-failed-fraction", "0.5"], tmp_path, RAY_TMPDIR=ray_dir)
+    shutil.rmtree(ray_dir, ignore_errors=True)
     assert done.returncode == 0, done.stderr  # 1 of 3 tried failed; notes.jpg was done before
     assert "ok 2, failed 1, already indexed 1" in done.stdout
     assert IndexStore.open(str(tmp_path / "db"), models=None, embed_dim=None, read_only=True).stats()["images_failed"] == 2
+
+
+def test_model_commands_name_the_missing_files_of_the_models_they_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MASKDEX_WEIGHTS", str(tmp_path / "weights"))
+    assert main(["demo", "--models", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert all(f"missing {tmp_path / 'weights' / f.filename}" in err for f in weight_files("fast", ("sam2", "alpha_clip")))
+    dense = weight_files("fast", ("dense_clip",))[0].filename
+    assert dense not in err
+
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(data.coffee()).save(photo)
+    assert main(["segment", str(photo), "--db", str(tmp_path / "db"), "--set", "s", "--out", str(tmp_path / "out"),
+                 "--models", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert f"needs 1 weight file that is not" in err and f"missing {tmp_path / 'weights' / dense}" in err
+    assert not (tmp_path / "db").exists() and not (tmp_path / "out").exists()

@@ -28,6 +28,14 @@ def test_readme_main_job_indexes_the_samples_and_searches_them(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The console holds maskdex's own lines only: progress (start-up apart, then a rate), no Ray or Lance
+    # internals (token-auth warnings, fork-safety warnings, core_worker lines, Ray Data progress bars).
+    lines = done.stderr.splitlines()
+    assert lines and lines[0].startswith("index: started in "), done.stderr
+    assert re.fullmatch(r"index: started in [\dms. ]+ \(Ray, workers, models\); \d+/10 images \(\d+%\)", lines[0])
+    assert all(re.fullmatch(r"index: \d+/10 images \(\d+%\), [\d.]+ images/s(, about [\dms ]+ left)?", line)
+               for line in lines[1:]), done.stderr
+    assert re.search(r"indexed \d+ inputs in [\d.]+s \(start-up [\d.]+s, then [\d.]+ images/s\)", done.stdout)
     photos = sorted(p.name for p in (tmp_path / "photos").iterdir())
     assert len(photos) >= 10
     assert f"ok {len(photos)}, failed 0" in done.stdout
