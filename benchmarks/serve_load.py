@@ -2,7 +2,10 @@
 /segment), against the same search function called in process by as many threads.
 
     python -m benchmarks.serve_load [--clients 1,8,32] [--seconds 5] [--repeats 3] [--segment-clients 2]
-        [--synthetic-rows 1000000] [--cache /tmp/maskdex-search-bench] [--api-replicas 1]
+        [--synthetic-rows 1000000] [--cache /tmp/maskdex-search-bench] [--api-replicas 1] [--query text,like,image]
+
+--query picks what /search is asked with: text (the sample queries), like (an indexed region's id: no model
+call) or image (a sample photo uploaded as multipart: embedded by the TextEncoder deployment).
 
 The service runs on a local Ray with the tiny preset, on loopback, over a small index of the sample
 photos, or with --synthetic-rows over that many synthetic regions (clustered, at the tiny preset's
@@ -65,13 +68,39 @@ def _drive(call, clients: int, seconds: float) -> dict:
             "p99": _percentile(latencies, 99), "errors": errors}
 
 
-def _http_search(url: str, sessions: threading.local):
+class Queries:
+    """What the n-th query of each kind is: a text, an indexed region's id, or a photo's bytes."""
+
+    def __init__(self, likes: list[str], images: list[bytes]):
+        self.likes = likes
+        self.images = images
+
+    def request(self, kind: str, n: int) -> dict:
+        """requests.post keyword arguments for POST /search."""
+        if kind == "like":
+            return {"json": {"like": self.likes[n % len(self.likes)], "k": 5}}
+        if kind == "image":
+            return {"files": {"image": ("q.jpg", self.images[n % len(self.images)], "image/jpeg")}, "data": {"k": "5"}}
+        return {"json": {"text": QUERIES[n % len(QUERIES)], "k": 5}}
+
+    def search(self, searcher, kind: str, n: int) -> list[dict]:
+        from maskdex.pipelines.search import Example
+
+        if kind == "like":
+            return searcher.search(like=self.likes[n % len(self.likes)], k=5)
+        if kind == "image":
+            return searcher.search(example=Example(self.images[n % len(self.images)]), k=5)
+        return searcher.search(QUERIES[n % len(QUERIES)], k=5)
+
+
+def _http_search(url: str, sessions: threading.local, queries: Queries | None = None, kind: str = "text"):
+    queries = queries or Queries([], [])
+
     def call(n: int) -> bool:
         session = getattr(sessions, "session", None) or requests.Session()
         sessions.session = session
         try:
-            return session.post(url + "/search", json={"text": QUERIES[n % len(QUERIES)], "k": 5},
-                                timeout=60).status_code == 200
+            return session.post(url + "/search", timeout=60, **queries.request(kind, n)).status_code == 200
         except requests.RequestException:
             return False
     return call
@@ -109,9 +138,9 @@ def _http_mix(url: str, image: bytes, segment_every: int):
     return call
 
 
-def _in_process(searcher):
+def _in_process(searcher, queries: Queries, kind: str):
     def call(n: int) -> bool:
-        searcher.search(QUERIES[n % len(QUERIES)], k=5)
+        queries.search(searcher, kind, n)
         return True
     return call
 
@@ -155,6 +184,8 @@ def main() -> None:
     parser.add_argument("--segment-clients", type=int, default=2)
     parser.add_argument("--segment-every", type=int, default=4, help="in the mix, one request in this many segments")
     parser.add_argument("--rns-steps", type=int, default=100)
+    parser.add_argument("--query", type=lambda text: text.split(","), default=["text"],
+                        help="what /search is asked with: text, like, image, or several (default text)")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -190,14 +221,18 @@ def main() -> None:
         added.raise_for_status()
         image = _png(np.asarray(Image.open(photos[0]).convert("RGB").resize((128, 96))))
         searcher = TextSearcher(searched, device="cpu")
-        _drive(_http_search(url, threading.local()), max(args.clients), 1.0)  # warm up replicas and connections
+        queries = Queries([f"{image_id}:0" for image_id in sorted(searcher.store.image_uris())[:64]],
+                          [Path(path).read_bytes() for path in photos])
+        for kind in args.query:  # warm up replicas and connections
+            _drive(_http_search(url, threading.local(), queries, kind), max(args.clients), 1.0)
 
         rows = []
-        for clients in args.clients:
-            http = [_drive(_http_search(url, threading.local()), clients, args.seconds) for _ in range(args.repeats)]
-            local = [_drive(_in_process(searcher), clients, args.seconds) for _ in range(args.repeats)]
-            http_row, local_row = _median_row(f"HTTP /search, {clients} clients", http), \
-                _median_row(f"in-process TextSearcher.search, {clients} threads", local)
+        for kind, clients in itertools.product(args.query, args.clients):
+            http = [_drive(_http_search(url, threading.local(), queries, kind), clients, args.seconds)
+                    for _ in range(args.repeats)]
+            local = [_drive(_in_process(searcher, queries, kind), clients, args.seconds) for _ in range(args.repeats)]
+            http_row, local_row = _median_row(f"HTTP /search by {kind}, {clients} clients", http), \
+                _median_row(f"in-process search by {kind}, {clients} threads", local)
             rows += [(*http_row, http_row[1] / local_row[1]), (*local_row, None)]
         malformed = [_drive(_http_malformed(url, threading.local()), max(args.clients), args.seconds)
                      for _ in range(args.repeats)]

@@ -504,6 +504,7 @@ function updateSegmentButton() {
   const hasSets = Object.keys(state.sets).length > 0;
   $("segment-sets-empty").hidden = hasSets;
   $("segment-submit").disabled = !(state.picked && hasSets);
+  $("segment-stored").disabled = !(state.picked && state.picked.imageId && hasSets);
   $("segment-submit").title = !hasSets ? "Make a support set first" : (!state.picked ? "Pick or upload an image first" : "");
 }
 
@@ -563,6 +564,25 @@ async function drawSegmentation(result, source) {
     item.append(swatch, name + ": " + share + "% of the image (from " + (support || "nothing") + ")");
     return item;
   }));
+}
+
+// What `maskdex segment-index` stored for the picked indexed image, with the set and detail chosen.
+async function showStoredSegmentation() {
+  const picked = state.picked;
+  const params = new URLSearchParams({set: $("segment-set").value, mode: $("segment-mode").value});
+  const classes = classesField();
+  if (classes) params.set("classes", JSON.stringify(classes));
+  setStatus("segment-status", "Loading the stored segmentation\u2026");
+  try {
+    const result = await call("/images/" + picked.imageId + "/segmentation?" + params);
+    await drawSegmentation(result, "/images/" + picked.imageId);
+    setStatus("segment-status", "Stored segmentation of " + picked.name + " (" + result.mode + ", seed " + result.seed +
+              ", made " + result.segmented_at + ").");
+  } catch (error) {
+    const none = /^No segmentation/.test(error.message);
+    setStatus("segment-status", none ? "No stored segmentation of " + picked.name + " with \u201c" + params.get("set") +
+              "\u201d: the corpus has not been segmented with it yet." : error.message, "error");
+  }
 }
 
 // ---- support sets ------------------------------------------------------------------------------
@@ -691,6 +711,7 @@ function wire() {
   setupBoxDrawing();
   $("detail-close").addEventListener("click", () => $("detail").close());
   $("segment-form").addEventListener("submit", segment);
+  $("segment-stored").addEventListener("click", showStoredSegmentation);
   $("segment-file").addEventListener("change", () => {
     const file = $("segment-file").files[0];
     if (file) pickForSegment({file, name: file.name});

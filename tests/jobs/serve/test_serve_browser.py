@@ -247,13 +247,30 @@ def test_a_support_set_made_on_the_page_segments_an_upload_and_can_be_removed(pa
     assert picture["x"] + picture["width"] <= form["x"] and picture["y"] < 800 and form["y"] < 800
     shot(page, tmp_path, "11-segmented-with-the-set")
 
+    # A search result, picked from its detail view, is segmented beside its picture too; the corpus has no
+    # stored segmentation yet, and the page says so in words.
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Describe what to find").fill("a cat")
+    page.get_by_label("Describe what to find").press("Enter")
+    wait_for_results(page)
+    result_buttons(page).first.click()
+    page.get_by_role("dialog").get_by_role("button", name="Segment this image").click()
+    assert page.get_by_role("tabpanel", name="Segment").is_visible()
+    assert page.locator("#segment-picked").inner_text().startswith("Segmenting ")
+    page.get_by_role("button", name="Show the stored segmentation").click()
+    page.locator("#segment-status.error").wait_for(timeout=SLOW)
+    assert "the corpus has not been segmented with it yet" in page.locator("#segment-status").inner_text()
+    segment.click()
+    page.locator("#segment-status").filter(has_text=re.compile("^Done")).wait_for(timeout=SLOW)
+    shot(page, tmp_path, "12-a-result-segmented")
+
     page.get_by_role("tab", name="Support sets").click()
     remove = page.get_by_role("button", name="Remove set scenes")
     remove.click()
     page.get_by_role("button", name="Remove set scenes: press again to confirm").click()
     page.get_by_text("No support sets yet. A support set is").wait_for(timeout=SLOW)
     assert service.get("/supports").json()["sets"] == {}
-    shot(page, tmp_path, "12-set-removed")
+    shot(page, tmp_path, "13-set-removed")
 
 
 def test_the_page_works_at_phone_width(browser, service, tmp_path):
@@ -266,5 +283,5 @@ def test_the_page_works_at_phone_width(browser, service, tmp_path):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     first = result_buttons(page).first.bounding_box()
     assert first["x"] >= 0 and first["x"] + first["width"] <= 390
-    shot(page, tmp_path, "13-phone-width")
+    shot(page, tmp_path, "14-phone-width")
     context.close()
