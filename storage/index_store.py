@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 
 from collections.abc import Collection, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import lance
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from maskdex.storage import rows, schemas, tables, vector_index
@@ -118,6 +119,38 @@ class IndexStore:
         return DigestSet.of_parts(16, (np.array([source_key(*values) for values in
                                                  zip(*(batch.column(name).to_pylist() for name in columns))],
                                                 dtype="S16") for batch in batches))
+
+    def finished_shards(self) -> dict[bytes, int]:
+        """source_key(shard, size, mtime) -> samples, of every tar shard recorded as finished."""
+        db = tables.connect(self.uri, reader=self.read_only)
+        if schemas.SHARDS not in db:
+            return {}
+        found = {}
+        for batch in self._batches(db.open_table(schemas.SHARDS), ["uri", "source_size", "source_mtime_ns", "samples"]):
+            for uri, size, mtime, samples in zip(*(batch.column(i).to_pylist() for i in range(4))):
+                found[source_key(uri, size, mtime)] = samples
+        return found
+
+    def record_finished_shards(self, shards: list[tuple[str, int, int, int]]) -> None:
+        """Record (uri, size, mtime_ns, samples) of shards whose samples' images rows are all
+        committed: call only after that commit, so that a kill between the two re-reads the shard."""
+        self._require_writable("record_finished_shards")
+        if not shards:
+            return
+        db = tables.connect(self.uri)
+        table = (db.open_table(schemas.SHARDS) if schemas.SHARDS in db
+                 else db.create_table(schemas.SHARDS, schema=schemas.shards_schema(), exist_ok=True))
+        now = datetime.now(timezone.utc)
+        table.add(pa.table({"uri": [s[0] for s in shards], "source_size": [int(s[1]) for s in shards],
+                            "source_mtime_ns": [int(s[2]) for s in shards], "samples": [int(s[3]) for s in shards],
+                            "finished_at": [now] * len(shards)}, schema=schemas.shards_schema()))
+
+    def forget_finished_shards(self) -> None:
+        """Every shard is opened again by the next run (its finished samples are still skipped by key)."""
+        self._require_writable("forget_finished_shards")
+        db = tables.connect(self.uri)
+        if schemas.SHARDS in db:
+            db.open_table(schemas.SHARDS).delete("true")
 
     @property
     def images_table(self):
@@ -329,9 +362,11 @@ class IndexStore:
         return [_with_array_embedding(row) for row in sorted(rows_, key=_region_number)]
 
     def image_rows(self, columns: list[str]):
-        """Every images row (these columns), as lists of row dicts, one per scanned batch."""
-        for batch in self._batches(self._images, columns):
-            yield batch.to_pylist()
+        """Every images row (these columns), as lists of row dicts, one per scanned batch; a column
+        an older table lacks (opened read_only, so not added) reads as None."""
+        present = [name for name in columns if name in self._images.schema.names]
+        for batch in self._batches(self._images, present):
+            yield [{**dict.fromkeys(columns), **row} for row in batch.to_pylist()]
 
     def masks_of(self, image_ids: list[str]) -> dict[str, list[dict]]:
         """Per image: its regions without their embeddings, in region number order (what a

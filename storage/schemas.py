@@ -15,6 +15,7 @@ IMAGES = "images"
 REGIONS = "regions"
 SUPPORTS = "supports"
 SEGMENTATIONS = "segmentations"
+SHARDS = "shards"
 
 MODELS_KEY = b"maskdex.models"
 EMBED_DIM_KEY = b"maskdex.embed_dim"
@@ -49,6 +50,9 @@ def images_schema(dim: int, models: str) -> pa.Schema:
             # one (rows of a parquet file, a path that did not exist).
             pa.field("source_size", pa.int64()),
             pa.field("source_mtime_ns", pa.int64()),
+            # What came with the image: a tar shard sample's caption and json, as one JSON object
+            # ({"txt": ..., "json": ...}); null for inputs without any.
+            pa.field("metadata", pa.string()),
         ],
         metadata=_build_record(dim, models),
     )
@@ -56,7 +60,23 @@ def images_schema(dim: int, models: str) -> pa.Schema:
 
 # Columns added to the images table after its first release, with the SQL that fills them in
 # on an older table (see IndexStore.open).
-IMAGES_ADDED_COLUMNS = {"source_size": "CAST(NULL AS BIGINT)", "source_mtime_ns": "CAST(NULL AS BIGINT)"}
+IMAGES_ADDED_COLUMNS = {"source_size": "CAST(NULL AS BIGINT)", "source_mtime_ns": "CAST(NULL AS BIGINT)",
+                        "metadata": "CAST(NULL AS STRING)"}
+
+
+def shards_schema() -> pa.Schema:
+    """One row per tar shard whose every sample has its images row: a resume skips the shard, by
+    its identity, without opening it (pipelines/common/shards.py)."""
+    return pa.schema(
+        [
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("source_size", pa.int64(), nullable=False),
+            pa.field("source_mtime_ns", pa.int64(), nullable=False),
+            pa.field("samples", pa.int64(), nullable=False),
+            pa.field("finished_at", TIMESTAMP_TYPE, nullable=False),
+        ],
+        metadata={TABLE_KEY: SHARDS.encode()},
+    )
 
 
 def regions_schema(dim: int, models: str) -> pa.Schema:

@@ -36,9 +36,10 @@ def is_shard(path: str) -> bool:
 def expand_braces(pattern: str) -> list[str]:
     """webdataset's shard patterns: `{00000..00099}` (zero-padded as written) and `{a,b}`, any number of
     each; a pattern without braces is itself."""
-    match = _RANGE.search(pattern) or _ALTERNATIVES.search(pattern)
-    if match is None:
+    found = [m for m in (_RANGE.search(pattern), _ALTERNATIVES.search(pattern)) if m is not None]
+    if not found:
         return [pattern]
+    match = min(found, key=lambda m: m.start())  # the leftmost brace varies slowest, as in a shell
     if match.re is _RANGE:
         first, last = match.group(1), match.group(2)
         if int(last) < int(first):
@@ -114,8 +115,9 @@ def read_samples(shard: str, wanted=None) -> Iterator[Sample]:
         if current is not None:
             yield _finished(current)
             current = None
-        yield Sample(f"<unreadable after member {count}>",
-                     error=f"corrupt or truncated tar shard: {type(error).__name__}: {error}")
+        what = "cannot read tar shard" if count == 0 and isinstance(error, OSError) and not isinstance(
+            error, tarfile.TarError) else "corrupt or truncated tar shard"
+        yield Sample(f"<unreadable after member {count}>", error=f"{what}: {type(error).__name__}: {error}")
     if current is not None:
         yield _finished(current)
 

@@ -36,6 +36,7 @@ from maskdex.pipelines.index.stages import (
     image_row,
     read_files,
     read_parquet_rows,
+    read_shards,
 )
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
@@ -164,11 +165,13 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     if settings.retry_failed:
         store.forget_failed()
+        store.forget_finished_shards()
     summary = IndexSummary()
     identities = identify(expanded.files)
     plan = SyncPlan(sources, expanded.files, identities) if settings.sync else None
     files = unfinished(store, expanded.files, summary, identities)
-    if not files and not expanded.parquet:  # nothing to do: no Ray, no models
+    shards = unfinished_shards(store, expanded.shards, summary)
+    if not files and not shards and not expanded.parquet:  # nothing to do: no Ray, no models
         if plan is not None:
             summary.sync = _finish_sync(plan, store, summary, settings)
         if settings.build_index:
@@ -181,11 +184,13 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
 
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
-    dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster, parquet_columns)
+    dataset = index_dataset(store, files, expanded.parquet, writer.known, settings, cluster, parquet_columns,
+                            shards=shards)
 
-    # Parquet sources hold an unknown number of images until read.
-    progress = Progress("index", None if expanded.parquet else len(files))
-    commit_results(dataset, writer, preset.fingerprint, summary, progress, plan)
+    # Parquet files and tar shards hold an unknown number of images until read.
+    progress = Progress("index", None if expanded.parquet or shards else len(files))
+    commit_results(dataset, writer, preset.fingerprint, summary, progress, plan,
+                   ShardLedger(store, writer) if shards else None)
     writer.close()
     summary.startup_seconds = progress.startup_seconds
     if plan is not None:
@@ -196,14 +201,50 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     return summary
 
 
+class ShardLedger:
+    """Which tar shards have all their samples committed, so the next run skips them unopened. Every
+    sample of a shard reaches the driver as a row (skipped, failed and duplicate ones too), and the
+    shard's last rows say how many it held; once all have been handed to the writer, the writer
+    commits and the shard is recorded, in that order (a kill between re-reads the shard, whose
+    committed samples are then skipped by key)."""
+
+    def __init__(self, store: IndexStore, writer: IndexWriter):
+        self.store, self.writer = store, writer
+        self._seen: dict[str, set[str]] = {}
+        self._samples: dict[str, int] = {}
+        self._identity: dict[str, tuple[int, int]] = {}
+
+    def saw(self, rows: list[dict]) -> None:
+        finished = []
+        for row in rows:
+            shard = str(row.get("shard") or "")
+            if not shard:
+                continue
+            self._seen.setdefault(shard, set()).add(str(row["uri"]))  # a retried read task repeats rows
+            self._identity[shard] = (int(row["source_size"]), int(row["source_mtime_ns"]))
+            if int(row["shard_samples"]) >= 0:
+                self._samples[shard] = int(row["shard_samples"])
+            if shard in self._samples and len(self._seen[shard]) >= self._samples[shard]:
+                finished.append(shard)
+        finished = [shard for shard in dict.fromkeys(finished) if shard in self._seen]
+        if not finished:
+            return
+        self.writer.flush()
+        self.store.record_finished_shards([(shard, *self._identity[shard], self._samples[shard]) for shard in finished
+                                           if self._identity[shard][0] != NO_IDENTITY])
+        for shard in finished:
+            del self._seen[shard]
+
+
 def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSummary, progress: Progress,
-                   plan: SyncPlan | None = None) -> None:
+                   plan: SyncPlan | None = None, shards: ShardLedger | None = None) -> None:
     """Hand what the Alpha-CLIP stage (EmbedStage) streams back to the committer, counting every input.
     The one driver loop of the index and re-embed jobs."""
     # batch_size=None: each block as it arrives, so the writer's clock, not a batch size, decides commits.
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         writes: dict[str, list[dict]] = {}  # one worker write (an Alpha-CLIP batch) -> its images
-        for row in _rows(batch):
+        rows_ = list(_rows(batch))
+        for row in rows_:
             summary.inputs += 1
             progress.advance()
             if row["status"] == SKIPPED:
@@ -227,16 +268,20 @@ def commit_results(dataset, writer: IndexWriter, models: str, summary: IndexSumm
                 else:
                     summary.failed += 1
                     summary.failures.append((row["uri"], row["error"]))
+        if shards is not None:
+            shards.saw(rows_)
 
 
 def index_dataset(store: IndexStore, files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
-                  cluster: dict, parquet_columns: tuple[str, str | None] | None = None):
+                  cluster: dict, parquet_columns: tuple[str, str | None] | None = None, *,
+                  shards: list[tuple[str, int, int]] = ()):
     """The job's Ray Data pipeline, up to what reaches the driver: one row per input, with the
     images row's fields, n_regions and the worker write holding its regions (never the regions)."""
     sam_actors, clip_actors = plan_actors(cluster, settings)
     if parquet and parquet_columns is None:
         parquet_columns = _parquet_columns(parquet)
-    dataset = _read_stage(files, parquet, ray.put(known), settings, parquet_columns)
+    sources = ray.put(store.known_sources()) if shards else None
+    dataset = _read_stage(files, parquet, ray.put(known), settings, parquet_columns, shards=shards, sources=sources)
     dataset = dataset.map_batches(
         MaskStage,
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
@@ -335,10 +380,36 @@ def _parquet_columns(parquet: list[str]) -> tuple[str, str | None] | None:
     return bytes_column, next((c for c in ("key", "url") if c in names), None)
 
 
+def unfinished_shards(store: IndexStore, shards: list[str], summary: IndexSummary) -> list[tuple[str, int, int]]:
+    """(uri, size, mtime_ns) of each tar shard not recorded as finished under its identity (-1s when
+    it has none); the samples of the others are counted as skipped, decided without opening them."""
+    if not shards:
+        return []
+    finished = store.finished_shards()
+    todo = []
+    for uri, identity in zip(shards, identify(shards)):
+        samples = finished.get(source_key(uri, *identity)) if identity else None
+        if samples is None:
+            todo.append((uri, *(identity or (NO_IDENTITY, NO_IDENTITY))))
+            continue
+        summary.inputs += samples
+        summary.skipped += samples
+        summary.unread += samples
+    return todo
+
+
 def _read_stage(files: list[tuple[str, int, int]], parquet: list[str], known, settings: IndexSettings,
-                parquet_columns: tuple[str, str | None] | None):
+                parquet_columns: tuple[str, str | None] | None, *, shards: list[tuple[str, int, int]] = (),
+                sources=None):
     common = {"known": known, "max_pixels": settings.max_pixels, "max_side": settings.max_side}
     parts = []
+    if shards:
+        items = ray.data.from_items([{"uri": uri, "source_size": size, "source_mtime_ns": mtime}
+                                     for uri, size, mtime in shards], override_num_blocks=len(shards))
+        # One shard per task, streamed out in read batches: a shard is one pass over a tar stream.
+        parts.append(items.map_batches(read_shards, fn_kwargs={**common, "sources": sources,
+                                                               "batch_size": settings.read_batch_size},
+                                       num_cpus=settings.read_num_cpus, batch_size=1, batch_format="numpy"))
     if files:
         blocks = -(-len(files) // settings.read_batch_size)
         items = ray.data.from_items([{"uri": uri, "source_size": size, "source_mtime_ns": mtime}

@@ -41,7 +41,7 @@ from maskdex.storage.index_writer import CommitPolicy, IndexWriter
 # gives them a quarter, beside SAM 2's); on GPU nodes the GPU reservation decides placement.
 REEMBED_CLIP = StageResources(max_actors=None, num_cpus=1.0, batch_size=16)
 # The images columns a re-embed carries over from the source database (the rest it computes).
-_CARRIED = ("image_id", "uri", "status", "error", "source_size", "source_mtime_ns")
+_CARRIED = ("image_id", "uri", "status", "error", "source_size", "source_mtime_ns", "metadata")
 
 
 def run_reembed(source_db: str, db: str, settings: IndexSettings = IndexSettings(),
@@ -111,7 +111,7 @@ def read_stored(batch: dict[str, np.ndarray], *, source_db: str, max_pixels: int
         identity = tuple(NO_IDENTITY if row[name] is None else int(row[name]) for name in ("source_size", "source_mtime_ns"))
         if row["status"] != "ok":
             out.append({**_row(row["uri"], row["image_id"], FAILED, row["error"] or "failed", identity=identity),
-                        "regions": "[]"})
+                        "regions": "[]", "metadata": row["metadata"] or ""})
             continue
         data, read_error = read[row["uri"]]
         prepared = _prepare(row["uri"], data, read_error, DigestSet(32), max_pixels, max_side, identity)
@@ -120,6 +120,7 @@ def read_stored(batch: dict[str, np.ndarray], *, source_db: str, max_pixels: int
                             f"the source changed since it was indexed: its bytes hash to {prepared['image_id']}, "
                             f"not {row['image_id']}; index it again instead", identity=identity)
         prepared["image_id"] = row["image_id"]  # a failed read keeps the id the source database knows it by
+        prepared["metadata"] = row["metadata"] or ""
         prepared["regions"] = "[]"
         if prepared["status"] == PENDING:
             working, error = working_masks(masks[row["image_id"]], prepared["image"].shape[:2],
@@ -164,7 +165,7 @@ def _unfinished(source: IndexStore, done: DigestSet, summary: IndexSummary) -> l
             summary.inputs += int(skip)
             summary.skipped += int(skip)
             if not skip:
-                todo.append({**row, "error": row["error"] or ""})
+                todo.append({**row, "error": row["error"] or "", "metadata": row["metadata"] or ""})
     return todo
 
 

@@ -18,9 +18,10 @@ from PIL import Image
 
 from maskdex.operators.common import rle as rle_codec
 from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side
+from maskdex.pipelines.common.shards import member_uri, metadata_json, read_samples
 from maskdex.pipelines.common.sources import read_bytes
 from maskdex.pipelines.index.claims import batch_key
-from maskdex.storage.digests import DigestSet, image_key
+from maskdex.storage.digests import DigestSet, image_key, source_key
 from maskdex.storage.region_fragments import RegionFragmentWriter
 
 PENDING, OK, FAILED, SKIPPED, DUPLICATE = "pending", "ok", "failed", "skipped", "duplicate"
@@ -31,9 +32,13 @@ log = logging.getLogger(__name__)
 
 def _row(uri, image_id="", status=PENDING, error="", width=0, height=0, image=_NO_PIXELS,
          identity=(NO_IDENTITY, NO_IDENTITY)) -> dict:
+    # Every reader gives every column (Ray Data merges blocks of different readers into one batch):
+    # metadata is "" for none; shard / shard_samples name a tar shard sample's shard, and on the
+    # shard's last rows how many samples it held ("" / -1 otherwise; see pipelines/index/job.py).
     return {"uri": uri, "image_id": image_id, "status": status, "error": error,
             "width": width, "height": height, "image": image,
-            "source_size": identity[0], "source_mtime_ns": identity[1]}
+            "source_size": identity[0], "source_mtime_ns": identity[1],
+            "metadata": "", "shard": "", "shard_samples": -1}
 
 
 def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -96,6 +101,42 @@ def read_parquet_rows(batch: dict[str, np.ndarray], *, known, bytes_column: str,
         uri = f"{batch['path'][index]}#{key if key is not None else hashlib.sha256(data).hexdigest()[:16]}"
         rows.append(_prepare(uri, data, None, known, max_pixels, max_side))
     return _columns(rows)
+
+
+def read_shards(batch: dict[str, np.ndarray], *, known, sources, max_pixels: int, max_side: int,
+                batch_size: int):
+    """read_files for tar shards (pipelines/common/shards.py): each sample of each shard is an input
+    SHARD#KEY with the shard's identity, streamed out in batches of batch_size. A sample whose
+    (shard identity, key) is recorded (sources: IndexStore.known_sources) is skipped unread; the
+    shard's last batch says how many samples it held, so the driver knows when it is finished."""
+    known, sources = _known(known), _known(sources)
+    for shard, size, mtime in zip(batch["uri"], batch["source_size"], batch["source_mtime_ns"]):
+        shard, identity = str(shard), (int(size), int(mtime))
+
+        def done(key):
+            return identity[0] != NO_IDENTITY and source_key(member_uri(shard, key), *identity) in sources
+
+        pending, samples = [], 0
+        for sample in read_samples(shard, wanted=lambda key: not done(key)):
+            samples += 1
+            uri = member_uri(shard, sample.key)
+            if sample.skipped:
+                row = _row(uri, status=SKIPPED, identity=identity)
+            else:
+                row = _prepare(uri, sample.image, sample.error, known, max_pixels, max_side, identity)
+                row["metadata"] = metadata_json(sample)
+            row["shard"] = shard
+            pending.append(row)
+            if len(pending) > batch_size:
+                yield _columns(pending[:batch_size])
+                pending = pending[batch_size:]
+        if not samples:
+            pending.append({**_prepare(member_uri(shard, "<empty>"), None, "tar shard holds no samples", known,
+                                       max_pixels, max_side, identity), "shard": shard})
+            samples = 1
+        for row in pending:
+            row["shard_samples"] = samples
+        yield _columns(pending)
 
 
 def _run_with_retry(fn, what: str):
@@ -238,6 +279,7 @@ def image_row(row: dict, models: str, *, n_regions: int | None = None) -> dict:
         "models": models,
         **{name: (int(row[name]) if name in row and int(row[name]) != NO_IDENTITY else None)
            for name in ("source_size", "source_mtime_ns")},
+        "metadata": str(row.get("metadata") or "") or None,
     }
 
 

@@ -79,3 +79,68 @@ def test_the_sam2_part_must_be_the_sources(tmp_path):
         reembed_preset("tiny", tiny)
     with pytest.raises(ValueError, match="after 'keep\\+'"):
         reembed_preset("keep+nonsense", tiny)
+
+
+def _variants(root, count: int):
+    """count distinct small photos: the sample photos turned and flipped."""
+    root.mkdir()
+    names = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+    turns = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+             Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM)
+    for index in range(count):
+        image = Image.fromarray(getattr(data, names[index % len(names)])()).resize((128, 96))
+        turn = turns[index // len(names)]
+        (image if turn is None else image.transpose(turn)).save(root / f"photo_{index:02d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_a_killed_reembed_resumes_exactly_once_and_runs_no_sam2(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.pipelines.index.test_index_cluster import ENV, MASKDEX, _rows
+    from tests.support.paths import REPO
+    from tests.support.sam2_calls import counting_env, sam2_calls
+
+    total = 20
+    folder = _variants(tmp_path / "photos", total)
+    old, new, calls = tmp_path / "old", tmp_path / "new", tmp_path / "sam2_calls"
+    env = counting_env(ENV, calls)
+
+    def run(*args):
+        done = subprocess.run([MASKDEX, *args, "--json"], env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout[done.stdout.index("{"):])
+
+    assert run("index", str(folder), "--db", str(old))["ok"] == total
+    indexed = sam2_calls(calls)
+    assert indexed["generate"] == total and indexed["build"] >= 1  # the count sees SAM 2 where it runs
+
+    reembed = [MASKDEX, "reembed", "--from", str(old), "--db", str(new), "--models", "tiny-seed1",
+               "--commit-every", "2", "--clip-batch", "2", "--clip-actors", "1"]
+    first = subprocess.Popen(reembed, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 900
+        while len(_rows(new, "images")) < 2:
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "no re-embedded image committed in 900 s (a loaded machine?)"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    committed = len(_rows(new, "images"))
+    assert 0 < committed < total, "the kill must land part way through"
+
+    second = run("reembed", "--from", str(old), "--db", str(new), "--models", "tiny-seed1")
+    assert (second["ok"], second["skipped"], second["failed"]) == (total - committed, committed, 0)
+    old_regions = {row["region_id"]: row for row in _rows(old, "regions")}
+    new_images, new_regions = _rows(new, "images"), _rows(new, "regions")
+    assert sorted(row["image_id"] for row in new_images) == sorted(row["image_id"] for row in _rows(old, "images"))
+    assert sorted(row["region_id"] for row in new_regions) == sorted(old_regions), "each region exactly once"
+    assert all(row["rle"] == old_regions[row["region_id"]]["rle"] for row in new_regions)
+    assert sam2_calls(calls) == indexed, "the re-embed built or ran SAM 2"
