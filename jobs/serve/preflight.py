@@ -7,7 +7,8 @@ fail one at a time in their constructors, with the cause in Ray's log files.
 
 Checked: the weight files of the config's preset and of the preset that built the database (the text
 encoder's), the database itself when it is a local path, and the re-ranker's checkpoint folder and key.
-An object-store database or weights URI is left to the replicas: it may need the cluster's credentials.
+An object-store weights URI is listed (one call) where this host can; an object-store database is left
+to the replicas: it may need the cluster's credentials.
 """
 
 from __future__ import annotations
@@ -61,23 +62,23 @@ def _database_preset(db: str, problems: list[str]) -> str | None:
 
 
 def _missing_weights(preset: str, weights: str | None, *, database: bool) -> list[str]:
-    from maskdex.operators.registry.presets import missing_weight_files
-    from maskdex.operators.registry.weights import WEIGHTS_ENV, weights_dir
+    from maskdex.operators.registry.presets import missing_weights
+    from maskdex.operators.registry.weights import WEIGHTS_ENV, weights_location
 
-    if is_uri(weights):
-        return []
     try:
-        missing = missing_weight_files(preset, weights_dir(weights))
+        missing = missing_weights(preset, weights)
     except ValueError as error:  # an unknown preset name
         return [f"maskdex.preset: {error}"]
+    except OSError:  # an object store this host cannot list (its credentials may be the workers' only)
+        return []
     if not missing:
         return []
-    directory = weights_dir(weights)
     source = ("maskdex.weights" if weights else f"${WEIGHTS_ENV}" if os.environ.get(WEIGHTS_ENV)
               else f"the default; set maskdex.weights or ${WEIGHTS_ENV}")
     role = "the database's preset" if database else "maskdex.preset"
-    lines = [f"{role} {preset!r} needs {len(missing)} weight file(s) not found in {directory} ({source}):"]
-    lines += [f"    {path}" for path in missing]
+    lines = [f"{role} {preset!r} needs {len(missing)} weight file(s) not found in "
+             f"{weights_location(weights)} ({source}):"]
+    lines += [f"    {path}" for _, path in missing]
     lines.append("    `maskdex presets` lists each preset's files; the README's 'Model presets and weights' "
                  "says where to get them")
     return ["\n".join(lines)]

@@ -7,6 +7,7 @@ import importlib
 import re
 import shlex
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,7 +47,7 @@ def test_the_rayservice_serves_the_serve_config_and_builds_the_application(tmp_p
     from ray.serve import Application
 
     from maskdex.jobs.serve.preflight import ServicePreflightError
-    from maskdex.operators.registry.presets import missing_weight_files
+    from maskdex.operators.registry.presets import missing_weights
 
     service = _manifest("rayservice.yaml")
     assert service["kind"] == "RayService"
@@ -58,7 +59,7 @@ def test_the_rayservice_serves_the_serve_config_and_builds_the_application(tmp_p
     # Where the weights are not, the builder refuses before any replica is asked for, naming each file.
     monkeypatch.setenv("MASKDEX_WEIGHTS", str(tmp_path))
     monkeypatch.delenv("MASKDEX_ALLOW_DOWNLOAD", raising=False)
-    missing = missing_weight_files(app["args"]["maskdex"]["preset"], tmp_path)
+    missing = [Path(path) for _, path in missing_weights(app["args"]["maskdex"]["preset"], tmp_path)]
     assert missing
     with pytest.raises(ServicePreflightError) as refused:
         builder(app["args"])
