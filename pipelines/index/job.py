@@ -158,7 +158,9 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
               address: str | None = None) -> IndexSummary:
     started = time.perf_counter()
     preset = get_preset(settings.models)
-    # Everything that can be checked here is checked before Ray starts or a table is created.
+    # Everything that can be checked here is checked before Ray starts or a table is created: first
+    # that an existing index was built with this preset (the weights would not matter otherwise).
+    _refuse_another_build(db, preset)
     require_weights(preset, settings.weights, INDEX_MODELS)
     expanded = expand_sources(sources)
     parquet_columns = _parquet_columns(expanded.parquet)
@@ -199,6 +201,13 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         summary.index = store.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _refuse_another_build(db: str, preset) -> None:
+    try:
+        IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip), read_only=True)
+    except FileNotFoundError:
+        pass  # a new database, created once every check has passed
 
 
 class ShardLedger:

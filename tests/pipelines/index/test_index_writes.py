@@ -19,7 +19,7 @@ from tests.support.corpus import index_settings
 
 # What the driver receives per input: the images row's fields, and where its regions went.
 DRIVER_COLUMNS = {"uri", "image_id", "status", "error", "width", "height", "source_size", "source_mtime_ns", "node",
-                  "image_embedding", "n_regions", "fragments"}
+                  "image_embedding", "n_regions", "fragments", "metadata", "shard", "shard_samples"}
 
 
 def _photos(folder, names=("coffee", "chelsea")):
