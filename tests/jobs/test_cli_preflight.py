@@ -73,7 +73,7 @@ def test_index_of_a_source_that_does_not_exist_fails_before_anything_starts(tmp_
 
     (tmp_path / "empty").mkdir()
     done = run(["index", "empty", "--db", "db"], tmp_path)
-    assert done.returncode == 2 and "empty: no image or parquet file there" in done.stderr
+    assert done.returncode == 2 and "empty: no image, parquet or tar file there" in done.stderr
     assert not (tmp_path / "db").exists()
 
 

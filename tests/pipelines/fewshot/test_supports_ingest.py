@@ -67,7 +67,7 @@ def test_the_cli_lists_and_removes_sets_and_classes(tmp_path, capsys):
     assert capsys.readouterr().out.endswith("scenes: 1 classes\n  grass: 1 images\n")
 
     assert main(["supports", "remove", "--db", db, "--set", "more"]) == 2
-    assert "maskdex supports: error: no support set 'more' at" in capsys.readouterr().err
+    assert "maskdex supports remove: error: no support set 'more' at" in capsys.readouterr().err
     assert main(["supports", "remove", "--db", db, "--set", "scenes", "--class", "sky"]) == 2
     assert "has no class 'sky'; it has 'grass'" in capsys.readouterr().err
     assert main(["supports", "add", "--db", db, "--set", "x", "--images", str(tmp_path / "nowhere"),
