@@ -154,6 +154,21 @@ def test_the_services_replicas_fit_the_worker_group_it_can_grow_to():
     assert not autoscales or cluster.get("enableInTreeAutoscaling") is True
 
 
+def test_serving_pods_are_ready_only_when_the_app_can_answer_a_search():
+    """Worker pods probe the app's own /healthz on the Serve port (503 until every model deployment
+    answers), with a timeout longer than the route's own wait for a replica; the route is the app's."""
+    from maskdex.jobs.serve.api import _READY_WAIT_S, app
+
+    service = _manifest("rayservice.yaml")
+    serve_port = yaml.safe_load(service["spec"]["serveConfigV2"]).get("http_options", {}).get("port", 8000)
+    for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        probe = container["readinessProbe"]
+        assert probe["httpGet"] == {"path": "/healthz", "port": serve_port}
+        assert "/healthz" in app.openapi()["paths"]
+        assert probe["timeoutSeconds"] > _READY_WAIT_S
+
+
 def test_the_index_jobs_actors_fit_its_workers():
     from maskdex.jobs.cli import build_parser
 
