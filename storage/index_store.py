@@ -145,12 +145,20 @@ class IndexStore:
                             "source_mtime_ns": [int(s[2]) for s in shards], "samples": [int(s[3]) for s in shards],
                             "finished_at": [now] * len(shards)}, schema=schemas.shards_schema()))
 
-    def forget_finished_shards(self) -> None:
-        """Every shard is opened again by the next run (its finished samples are still skipped by key)."""
+    def forget_finished_shards(self, shards: list[tuple[str, int, int]] | None = None) -> None:
+        """The shards (uri, size, mtime_ns), or every shard when None, are opened again by the next run;
+        their samples that still have rows are skipped by key, the others are indexed again."""
         self._require_writable("forget_finished_shards")
         db = tables.connect(self.uri)
-        if schemas.SHARDS in db:
-            db.open_table(schemas.SHARDS).delete("true")
+        if schemas.SHARDS not in db or shards == []:
+            return
+        table = db.open_table(schemas.SHARDS)
+        if shards is None:
+            table.delete("true")
+            return
+        for part in _chunks(sorted(set(shards)), 200):
+            table.delete(" OR ".join(f"(uri = {sql_string(uri)} AND source_size = {int(size)} AND "
+                                     f"source_mtime_ns = {int(mtime)})" for uri, size, mtime in part))
 
     @property
     def images_table(self):

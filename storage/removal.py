@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.schemas import MEMBER_SEPARATOR
 from maskdex.storage.segmentation_store import SegmentationStore
 from maskdex.storage.tables import KEEP_VERSIONS_FOR, chunks, sql_string, sql_strings
 
@@ -135,6 +136,7 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
         raise ValueError(f"cannot remove images: the index at {store.uri} was opened read_only")
     # Ids asked for but without an images row may still have regions, left by a removal killed part
     # way: deleting by them too is what makes a rerun finish the job.
+    containers = _containers(store, ordered, chunk)
     for part in chunks(ordered + report.not_found, chunk):
         where = f"image_id IN {sql_strings(part)}"
         report.images += store.images_table.delete(where).num_deleted_rows
@@ -143,12 +145,28 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
             report.segmentations += segmentations.delete_images(part)
     if segmentations is not None:
         report.segmentations += _drop_orphan_segmentations(store, segmentations)
+    # A tar shard that lost a sample is no longer finished: the next run opens it again, as it would
+    # list a removed file again, and indexes what the source still holds.
+    store.forget_finished_shards(containers)
     if tidy and ordered:
         store.tidy(keep_versions_for=KEEP_VERSIONS_FOR)
         if segmentations is not None and report.segmentations:
             segmentations.tidy()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _containers(store: IndexStore, image_ids: list[str], chunk: int) -> list[tuple[str, int, int]]:
+    """(container uri, size, mtime_ns) of the images that are members of a container (uri `FILE#KEY`:
+    a tar shard's sample or a parquet row) with a recorded identity: the container's."""
+    found = []
+    for part in chunks(image_ids, chunk):
+        table = store.images_table.search() \
+            .where(f"image_id IN {sql_strings(part)} AND source_size IS NOT NULL AND strpos(uri, {sql_string(MEMBER_SEPARATOR)}) > 0") \
+            .select(["uri", "source_size", "source_mtime_ns"]).limit(None).to_arrow()
+        for uri, size, mtime in zip(*(table.column(name).to_pylist() for name in table.column_names)):
+            found.append((uri.rpartition(MEMBER_SEPARATOR)[0], size, mtime))
+    return found
 
 
 def _drop_orphan_segmentations(store: IndexStore, segmentations: SegmentationStore) -> int:

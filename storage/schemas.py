@@ -16,6 +16,8 @@ REGIONS = "regions"
 SUPPORTS = "supports"
 SEGMENTATIONS = "segmentations"
 SHARDS = "shards"
+# An input inside a container (a tar shard's sample, a parquet row) has the uri CONTAINER#KEY.
+MEMBER_SEPARATOR = "#"
 
 MODELS_KEY = b"maskdex.models"
 EMBED_DIM_KEY = b"maskdex.embed_dim"

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from maskdex.storage.schemas import MEMBER_SEPARATOR
+
 SHARD_EXTENSIONS = frozenset({".tar"})
 IMAGE_MEMBER_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the first present is the sample's image
 METADATA_MEMBER_EXTENSIONS = ("txt", "json")
-MEMBER_SEPARATOR = "#"
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _ALTERNATIVES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 

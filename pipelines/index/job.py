@@ -170,7 +170,8 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         store.forget_finished_shards()
     summary = IndexSummary()
     identities = identify(expanded.files)
-    plan = SyncPlan(sources, expanded.files, identities) if settings.sync else None
+    plan = (SyncPlan(sources, expanded.files, identities, dict(zip(expanded.shards, identify(expanded.shards))))
+            if settings.sync else None)
     files = unfinished(store, expanded.files, summary, identities)
     shards = unfinished_shards(store, expanded.shards, summary)
     if not files and not shards and not expanded.parquet:  # nothing to do: no Ray, no models

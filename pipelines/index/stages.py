@@ -23,6 +23,7 @@ from maskdex.pipelines.common.sources import read_bytes
 from maskdex.pipelines.index.claims import batch_key
 from maskdex.storage.digests import DigestSet, image_key, source_key
 from maskdex.storage.region_fragments import RegionFragmentWriter
+from maskdex.storage.schemas import MEMBER_SEPARATOR
 
 PENDING, OK, FAILED, SKIPPED, DUPLICATE = "pending", "ok", "failed", "skipped", "duplicate"
 NO_IDENTITY = -1  # source_size / source_mtime_ns of an input that has none (a parquet row)
@@ -98,7 +99,7 @@ def read_parquet_rows(batch: dict[str, np.ndarray], *, known, bytes_column: str,
     for index, data in enumerate(batch[bytes_column]):
         key = batch[key_column][index] if key_column else None
         data = bytes(data) if data is not None else b""
-        uri = f"{batch['path'][index]}#{key if key is not None else hashlib.sha256(data).hexdigest()[:16]}"
+        uri = f"{batch['path'][index]}{MEMBER_SEPARATOR}{key if key is not None else hashlib.sha256(data).hexdigest()[:16]}"
         rows.append(_prepare(uri, data, None, known, max_pixels, max_side))
     return _columns(rows)
 

@@ -14,7 +14,10 @@ changed file until the new one is in. A sync killed part way is finished by the 
 killed run added for a changed file has the listed identity, so the file is not read again, and the
 old row is still stale.
 
-Rows from parquet sources (uri `FILE#KEY`) and rows without a recorded identity are left alone.
+A tar shard's samples (uri `SHARD#KEY`, recorded with the shard's identity) follow their shard: all
+are stale when the shard is gone or changed; a changed shard was read again by the run, so a sample
+whose bytes it still holds is re-pointed, not embedded again. Rows from parquet sources (uri
+`FILE#KEY`) and rows without a recorded identity are left alone.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import glob
 import os
 from datetime import datetime, timezone
 
+from maskdex.pipelines.common.shards import is_shard, split_member
 from maskdex.pipelines.common.sources import IMAGE_EXTENSIONS
 from maskdex.storage import removal, tables
 from maskdex.storage.index_store import LAST_SYNC, IndexStore
@@ -46,7 +50,7 @@ class SourceScope:
                 self._prefixes.append(os.path.abspath(source))
 
     def covers(self, uri: str) -> bool:
-        image = os.path.splitext(uri)[1].lower() in IMAGE_EXTENSIONS
+        image = os.path.splitext(uri)[1].lower() in IMAGE_EXTENSIONS or is_shard(uri)
         for prefix in self._prefixes:
             # The source itself (a file), or a file a folder's walk lists (by its extension).
             if uri == prefix or (image and uri.startswith(prefix + "/")):
@@ -72,16 +76,22 @@ class SyncPlan:
     """Made before the run from its listing; told of every input the run read whose content was
     already stored (saw); finishes after the run's last commit."""
 
-    def __init__(self, sources: list[str], files: list[str], identities: list[tuple[int, int] | None]):
+    def __init__(self, sources: list[str], files: list[str], identities: list[tuple[int, int] | None],
+                 shards: dict[str, tuple[int, int] | None] | None = None):
         self.sources = list(sources)
-        self.listed = dict(zip(files, identities))
+        self.listed = {**dict(zip(files, identities)), **(shards or {})}
         self.started = datetime.now(timezone.utc)
         # image_id -> (uri, size, mtime_ns) of an input read by the run whose bytes were already stored.
         self.seen: dict[str, tuple[str, int | None, int | None]] = {}
 
     def saw(self, uri: str, image_id: str) -> None:
-        identity = self.listed.get(uri)
+        identity = self._listed(uri, None)
         self.seen.setdefault(image_id, (uri, *(identity or (None, None))))
+
+    def _listed(self, uri: str, default):
+        """The listed identity of a file, or of the shard a sample came from; default when not listed."""
+        member = split_member(uri) if uri not in self.listed else None
+        return self.listed.get(member[0] if member else uri, default)
 
     def finish(self, store: IndexStore, *, added: int, unchanged: int, tidy: bool = True) -> dict:
         """Remove or re-point the stale rows; returns (and notes in the index) what the sync did.
@@ -92,9 +102,10 @@ class SyncPlan:
         written: list[str] = []  # uris of the rows this run wrote
         for batch in tables.batches(store.images_table, _COLUMNS):
             for image_id, uri, size, mtime, indexed_at in zip(*(batch.column(name).to_pylist() for name in _COLUMNS)):
-                if not scope.covers(uri):
+                member = split_member(uri)
+                if not scope.covers(member[0] if member else uri):
                     continue
-                listed = self.listed.get(uri, "gone")
+                listed = self._listed(uri, "gone")
                 if listed == "gone":
                     stale[image_id] = uri
                 elif listed is None or size is None:

@@ -151,3 +151,36 @@ def test_an_unfinished_shard_skips_its_committed_samples_by_key(tmp_path, ray_lo
     assert (again.inputs, again.skipped, again.unread, again.ok, again.failed) == (2, 2, 0, 0, 0), again.render()
     assert len(_rows(db)) == 2
     assert run_index([str(shard)], str(db), SETTINGS).unread == 2  # recorded finished again
+
+
+@pytest.mark.slow
+def test_shards_follow_sync_and_removal(tmp_path, ray_local):
+    from dataclasses import replace
+
+    from maskdex.storage.removal import remove_images
+
+    images = _corpus(tmp_path)
+    shards, db = tmp_path / "shards", tmp_path / "db"
+    first = run_index([str(shards / "{00000..00002}.tar")], str(db), SETTINGS)
+    assert first.ok == 4
+    ids = {row["uri"].rpartition("#")[2]: row["image_id"] for row in _rows(db) if row["status"] == "ok"}
+
+    # A removed sample makes its shard unfinished: the next run opens that shard (only), skips the
+    # samples that still have rows by key, and indexes the removed one again, as for a removed file.
+    assert remove_images(IndexStore.open(str(db), models=None, embed_dim=None), [ids["coffee"]]).images == 1
+    again = run_index([str(shards / "{00000..00002}.tar")], str(db), SETTINGS)
+    assert (again.ok, again.unread) == (1, 4), again.render()  # shards 1 and 2 unopened
+    assert ids["coffee"] in {row["image_id"] for row in _rows(db)}
+
+    # Sync: shard 2 is gone, shard 0 is rewritten without its coffee sample. The rocket's rows go,
+    # the coffee's go, the astronaut's stay (re-pointed to the new shard identity), shard 1 is unread.
+    (shards / "00002.tar").unlink()
+    _write_tar(shards / "00000.tar", [("astronaut.jpg", images["astronaut"])])
+    synced = run_index([str(shards / "*.tar")], str(db), replace(SETTINGS, sync=True))
+    assert (synced.sync["removed"], synced.sync["repointed"]) == (2, 1), synced.render()
+    left = {row["image_id"]: row for row in _rows(db)}
+    assert ids["astronaut"] in left and ids["chelsea"] in left
+    assert ids["coffee"] not in left and ids["rocket"] not in left
+    assert left[ids["astronaut"]]["source_size"] == (shards / "00000.tar").stat().st_size
+    assert {row["image_id"] for row in _rows(db, "regions")} <= set(left)
+    assert run_index([str(shards / "*.tar")], str(db), replace(SETTINGS, sync=True)).sync["removed"] == 0
