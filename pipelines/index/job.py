@@ -175,12 +175,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     files = unfinished(store, expanded.files, summary, identities)
     shards = unfinished_shards(store, expanded.shards, summary)
     if not files and not shards and not expanded.parquet:  # nothing to do: no Ray, no models
-        if plan is not None:
-            summary.sync = _finish_sync(plan, store, summary, settings)
-        if settings.build_index:
-            summary.index = store.maybe_build_index()
-        summary.seconds = time.perf_counter() - started
-        return summary
+        return _finish(summary, store, plan, settings, started)
     init_ray(address)
     cluster = ray.cluster_resources()
     settings = resolve_device(settings, cluster)
@@ -196,6 +191,12 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
                    ShardLedger(store, writer) if shards else None)
     writer.close()
     summary.startup_seconds = progress.startup_seconds
+    return _finish(summary, store, plan, settings, started)
+
+
+def _finish(summary: IndexSummary, store: IndexStore, plan: SyncPlan | None, settings: IndexSettings,
+            started: float) -> IndexSummary:
+    """After the last commit: the sync's removals, then the vector index over what is left."""
     if plan is not None:
         summary.sync = _finish_sync(plan, store, summary, settings)
     if settings.build_index:

@@ -66,7 +66,9 @@ def run_reembed(source_db: str, db: str, settings: IndexSettings = IndexSettings
         device, clip = device_for_cluster(settings.device, settings.clip, cluster)
         settings = IndexSettings(**{**settings.__dict__, "device": device, "clip": clip})
         dataset = reembed_dataset(source, store, todo, settings, cluster)
-        commit_results(dataset, writer, preset.fingerprint, summary, Progress("reembed", len(todo)))
+        progress = Progress("reembed", len(todo))
+        commit_results(dataset, writer, preset.fingerprint, summary, progress)
+        summary.startup_seconds = progress.startup_seconds
     writer.close()
     if settings.build_index:
         summary.index = store.maybe_build_index()

@@ -167,5 +167,5 @@ def test_model_commands_name_the_missing_files_of_the_models_they_load(tmp_path,
     assert main(["segment", str(photo), "--db", str(tmp_path / "db"), "--set", "s", "--out", str(tmp_path / "out"),
                  "--models", "fast"]) == 2
     err = capsys.readouterr().err
-    assert f"needs 1 weight file that is not" in err and f"missing {tmp_path / 'weights' / dense}" in err
+    assert "needs 1 weight file that is not" in err and f"missing {tmp_path / 'weights' / dense}" in err
     assert not (tmp_path / "db").exists() and not (tmp_path / "out").exists()

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
 
 from maskdex.operators.common import rle
 from maskdex.operators.registry.rerankers import RerankSettings, build_reranker
 from maskdex.pipelines.rerank import ResultReranker, search_and_rerank
 from maskdex.pipelines.search import TextSearcher
 from tests.support.chat_server import ChatServer, Misbehave, tiny_model_answer
+from tests.support.corpus import index_thumbnails
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 QUERY = "a cat"
@@ -23,19 +23,8 @@ QUERY = "a cat"
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, ray_local) -> tuple[str, dict[str, str]]:
-    from maskdex.pipelines.index.job import run_index
-    from tests.support.corpus import index_settings
-
-    root = tmp_path_factory.mktemp("rerank_corpus")
-    paths = {}
-    for name in PHOTOS:
-        image = Image.fromarray(getattr(data, name)()).convert("RGB")
-        image.thumbnail((160, 160))
-        paths[name] = str(root / f"{name}.jpg")
-        image.save(paths[name], quality=90)
-    db = str(tmp_path_factory.mktemp("rerank_db") / "db")
-    run_index(list(paths.values()), db, index_settings(commit_every=4))
-    return db, paths
+    db, paths = index_thumbnails(tmp_path_factory, "rerank", PHOTOS)
+    return db, {name: str(path) for name, path in paths.items()}
 
 
 @pytest.fixture(scope="module")

@@ -8,31 +8,21 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
 
 from maskdex.operators.common import rle as rle_codec
 from maskdex.pipelines.search import Example, Query, TextSearcher
 from maskdex.storage.search import combine_queries
 
 pytestmark = pytest.mark.slow
+from tests.support.corpus import index_thumbnails
+
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, ray_local) -> tuple[str, dict[str, str]]:
-    from maskdex.pipelines.index.job import run_index
-    from tests.support.corpus import index_settings
-
-    root = tmp_path_factory.mktemp("example_corpus")
-    paths = {}
-    for name in PHOTOS:
-        image = Image.fromarray(getattr(data, name)()).convert("RGB")
-        image.thumbnail((160, 160))
-        paths[name] = str(root / f"{name}.jpg")
-        image.save(paths[name], quality=90)
-    db = str(tmp_path_factory.mktemp("example_db") / "db")
-    run_index(list(paths.values()), db, index_settings(commit_every=4))
-    return db, paths
+    db, paths = index_thumbnails(tmp_path_factory, "example", PHOTOS)
+    return db, {name: str(path) for name, path in paths.items()}
 
 
 @pytest.fixture(scope="module")

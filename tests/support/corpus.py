@@ -90,3 +90,20 @@ def build_corpus(root: Path, *, photos=GOOD_PHOTOS, with_bad: bool = True, large
     _save(Image.new("L", (large_side, large_side), 128), root / "bad" / "huge.png")
     corpus.bad[root / "bad" / "huge.png"] = "over the limit"
     return corpus
+
+
+def index_thumbnails(tmp_path_factory, label: str, photos) -> tuple[str, dict[str, Path]]:
+    """The named sample photos as 160 px JPEG thumbnails, indexed with the tiny preset: (db, name -> path).
+    Needs a running Ray (the ray_local fixture)."""
+    from maskdex.pipelines.index.job import run_index
+
+    root = tmp_path_factory.mktemp(f"{label}_corpus")
+    paths = {}
+    for name in photos:
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        image.thumbnail((160, 160))
+        paths[name] = root / f"{name}.jpg"
+        image.save(paths[name], quality=90)
+    db = str(tmp_path_factory.mktemp(f"{label}_db") / "db")
+    run_index([str(path) for path in paths.values()], db, index_settings(commit_every=4))
+    return db, paths

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from skimage import data
 
 from tests.support.ports import free_port
 from tests.support.service import PHOTOS, Service, service_config, wait_until_healthy
@@ -16,18 +14,9 @@ from tests.support.service import PHOTOS, Service, service_config, wait_until_he
 @pytest.fixture(scope="session")
 def serve_db(tmp_path_factory, ray_local) -> tuple[str, dict[str, Path]]:
     """A tiny-preset index of three small photos."""
-    from maskdex.pipelines.index.job import run_index
-    from tests.support.corpus import index_settings
+    from tests.support.corpus import index_thumbnails
 
-    root = tmp_path_factory.mktemp("serve_corpus")
-    photos = {}
-    for name in PHOTOS:
-        image = Image.fromarray(getattr(data, name)()).convert("RGB")
-        image.thumbnail((160, 160))
-        photos[name] = root / f"{name}.jpg"
-        image.save(photos[name], quality=90)
-    db = str(tmp_path_factory.mktemp("serve_db") / "db")
-    run_index([str(path) for path in photos.values()], db, index_settings(commit_every=4))
+    db, photos = index_thumbnails(tmp_path_factory, "serve", PHOTOS)
     return db, photos
 
 

@@ -90,7 +90,7 @@ def test_a_truncated_shard_ends_with_its_cause(tmp_path):
 
 @pytest.mark.slow
 def test_shards_index_like_a_folder_and_a_rerun_opens_no_finished_shard(tmp_path, ray_local):
-    images = _corpus(tmp_path)
+    _corpus(tmp_path)
     shards, folder = tmp_path / "shards", tmp_path / "folder"
     from_folder, db = tmp_path / "from_folder", tmp_path / "db"
     run_index([str(folder)], str(from_folder), SETTINGS)
