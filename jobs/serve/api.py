@@ -362,13 +362,15 @@ class Api:
         self._authorise(request)
         return await remove(self, await self._body(request))
 
-    @app.delete("/supports/{set_name}", responses=openapi.errors(400, 401, 404, 422))
+    @app.delete("/supports/{set_name}", response_model=openapi.SupportRemoved, response_model_by_alias=True,
+                responses=openapi.errors(400, 401, 404, 422))
     async def remove_support_set(self, set_name: str, request: Request) -> dict:
         """Delete a support set and all of its examples."""
         self._authorise(request)
         return await self._remove_support(set_name, None)
 
-    @app.delete("/supports/{set_name}/classes/{class_name}", responses=openapi.errors(400, 401, 404, 422))
+    @app.delete("/supports/{set_name}/classes/{class_name}", response_model=openapi.SupportRemoved,
+                response_model_by_alias=True, responses=openapi.errors(400, 401, 404, 422))
     async def remove_support_class(self, set_name: str, class_name: str, request: Request) -> dict:
         """Delete one class of a support set (the set goes with its last class)."""
         self._authorise(request)

@@ -122,6 +122,14 @@ class SupportAdded(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class SupportRemoved(BaseModel):
+    set_name: str = Field(alias="set")
+    class_name: str | None = Field(alias="class")  # None: the whole set
+    removed_examples: int
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
 class CocoInstances(BaseModel):
     """Search results as COCO instances: images, one annotation per result's region (its RLE), the query as
     the category."""
