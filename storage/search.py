@@ -33,6 +33,8 @@ def combine_queries(text: np.ndarray | None, example: np.ndarray | None, weight:
         return np.asarray(only, dtype=np.float32)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"the example's weight must be between 0 and 1, got {weight}")
+    if weight in (0.0, 1.0):  # one of the two alone, as it is: the same ranking and scores to the bit
+        return np.asarray(example if weight else text, dtype=np.float32)
     mixed = (1.0 - weight) * np.asarray(text, np.float32) + weight * np.asarray(example, np.float32)
     norm = float(np.linalg.norm(mixed))
     if not np.isfinite(norm) or norm < 1e-6:
