@@ -94,6 +94,23 @@ class IndexStore:
 
     # Writing
 
+    def drop_if_empty(self) -> bool:
+        """Drop the index's tables, and its folder when nothing else is in it, if no image was ever
+        committed to it: what a first run that failed early leaves would otherwise be an empty index."""
+        self._require_writable("drop_if_empty")
+        if self._images.count_rows() or self._regions.count_rows():
+            return False
+        db = tables.connect(self.uri)
+        for name in (IMAGES, REGIONS, schemas.SHARDS):  # only the index's own: a support set may live beside it
+            if name in db:
+                db.drop_table(name)
+        if "://" not in self.uri:
+            try:
+                os.rmdir(self.uri)
+            except OSError:
+                pass  # the folder holds something else: left as it is
+        return True
+
     def known_image_ids(self, image_ids: Iterable[str]) -> set[str]:
         """Those of image_ids that already have an images row (any status)."""
         found: set[str] = set()

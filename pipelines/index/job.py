@@ -160,11 +160,21 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     preset = get_preset(settings.models)
     # Everything that can be checked here is checked before Ray starts or a table is created: first
     # that an existing index was built with this preset (the weights would not matter otherwise).
-    _refuse_another_build(db, preset)
+    existed = _refuse_another_build(db, preset)
     require_weights(preset, settings.weights, INDEX_MODELS)
     expanded = expand_sources(sources)
     parquet_columns = _parquet_columns(expanded.parquet)
     store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    try:
+        return _run(store, sources, expanded, parquet_columns, preset, settings, address, started)
+    except BaseException:
+        if not existed:  # a run that failed before its first commit leaves no empty database behind
+            store.drop_if_empty()
+        raise
+
+
+def _run(store: IndexStore, sources: list[str], expanded, parquet_columns, preset, settings: IndexSettings,
+         address: str | None, started: float) -> IndexSummary:
     if settings.retry_failed:
         store.forget_failed()
         store.forget_finished_shards()
@@ -205,11 +215,13 @@ def _finish(summary: IndexSummary, store: IndexStore, plan: SyncPlan | None, set
     return summary
 
 
-def _refuse_another_build(db: str, preset) -> None:
+def _refuse_another_build(db: str, preset) -> bool:
+    """Whether the index exists; ModelMismatchError when it was built with another preset."""
     try:
         IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip), read_only=True)
     except FileNotFoundError:
-        pass  # a new database, created once every check has passed
+        return False  # a new database, created once every check has passed
+    return True
 
 
 class ShardLedger:

@@ -169,3 +169,23 @@ def test_model_commands_name_the_missing_files_of_the_models_they_load(tmp_path,
     err = capsys.readouterr().err
     assert "needs 1 weight file that is not" in err and f"missing {tmp_path / 'weights' / dense}" in err
     assert not (tmp_path / "db").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_first_run_that_fails_in_its_actors_leaves_no_database_and_names_the_file(tmp_path):
+    """Checkpoints that are there but unreadable pass the preflight (it looks for files, the actors read
+    them): the run fails, names the file, and leaves no empty index behind."""
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(data.coffee()).resize((96, 64)).save(photo)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for file in weight_files("fast", ("sam2", "alpha_clip")):
+        (weights / file.filename).write_bytes(b"not a checkpoint")
+
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # Ray's socket paths must stay under 107 bytes
+    done = run(["index", str(photo), "--db", "db", "--models", "fast"], tmp_path, MASKDEX_WEIGHTS=str(weights),
+               RAY_TMPDIR=ray_dir)
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    assert done.returncode == 1, done.stderr
+    assert "cannot read checkpoint" in done.stderr and str(weights) in done.stderr, done.stderr
+    assert not (tmp_path / "db").exists()
