@@ -484,6 +484,7 @@ function drawDetail(image, shown, regions, box) {
 async function pickForSegment(picked) {
   state.picked = picked;
   selectTab("tab-segment");
+  if (!picked.file) $("segment-file").value = "";  // the file box must not name an upload no longer in use
   $("segment-picked").textContent = "Segmenting " + picked.name + ".";
   setStatus("segment-status", "");
   $("legend").replaceChildren();
