@@ -312,7 +312,7 @@ class Api:
             form = await self._form(request)
             image = await self._upload(form, "image")
             fields = {"set": _field(form, "set"), "classes": class_list(_field(form, "classes")),
-                      "mode": _field(form, "mode") or "patch",
+                      "mode": _field(form, "mode") or None,  # empty: SegmentRequest's default
                       "shots_only": form_bool(_field(form, "shots_only"), "shots_only"),
                       "seed": _form_int(_field(form, "seed"), "seed")}
             params = validate(SegmentRequest, {key: value for key, value in fields.items() if value is not None})

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from maskdex.jobs.serve.inputs import BadInput, check_image_id, class_list, form_bool
+from maskdex.pipelines.fewshot.request import MODES
 
 PARAMS = ("set", "classes", "mode", "seed", "shots_only")
-MODES = ("patch", "region")
 
 
 def parse_params(query: dict[str, str]) -> dict:

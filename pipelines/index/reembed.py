@@ -32,7 +32,8 @@ from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, device_for_cluster, init_ray
 from maskdex.pipelines.common.sources import read_inputs
 from maskdex.pipelines.index.job import IndexSettings, IndexSummary, commit_results, embed_stage
-from maskdex.pipelines.index.stages import FAILED, NO_IDENTITY, PENDING, _columns, _prepare, _row, to_original_size
+from maskdex.pipelines.common.decode import to_original_size
+from maskdex.pipelines.index.stages import FAILED, NO_IDENTITY, PENDING, _columns, _prepare, _row
 from maskdex.storage.digests import DigestSet, image_keys
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter

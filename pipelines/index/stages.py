@@ -14,10 +14,8 @@ import logging
 import numpy as np
 import ray
 import torch
-from PIL import Image
 
-from maskdex.operators.common import rle as rle_codec
-from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side
+from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side, to_original_size
 from maskdex.pipelines.common.shards import member_uri, metadata_json, read_samples
 from maskdex.pipelines.common.sources import read_bytes
 from maskdex.pipelines.index.claims import batch_key
@@ -310,13 +308,3 @@ def _object_column(values: list) -> np.ndarray:
     column = np.empty(len(values), dtype=object)
     column[:] = values
     return column
-
-
-def to_original_size(region: dict, size: tuple[int, int]) -> dict:
-    """A region found on the downscaled working image, re-expressed in the original image's pixels."""
-    if list(region["rle"]["size"]) == list(size):
-        return region
-    mask = rle_codec.decode(region["rle"])
-    upscaled = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
-    rle = rle_codec.encode(upscaled)
-    return {**region, "rle": rle, "bbox": rle_codec.bbox(rle), "area": rle_codec.area(rle)}

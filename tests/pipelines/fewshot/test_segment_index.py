@@ -21,7 +21,7 @@ from PIL import Image
 
 from maskdex.jobs.cli import main
 from maskdex.pipelines.fewshot.segment_index import SegmentIndexSettings, Selection, run_segment_index
-from maskdex.pipelines.fewshot.segment_job import SegmentRequest
+from maskdex.pipelines.fewshot.request import SegmentSpec
 from maskdex.pipelines.fewshot.segmenter import Segmenter
 from maskdex.pipelines.index.job import run_index
 from maskdex.storage import IndexStore
@@ -172,7 +172,7 @@ def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path,
     Image.fromarray(np.zeros((64, 80, 3), dtype=np.uint8)).save(changed)
 
     settings = SegmentIndexSettings(segment=SEGMENT_SETTINGS)
-    request = SegmentRequest("scenes", ("sky", "grass", "brick", "sand"))
+    request = SegmentSpec("scenes", ("sky", "grass", "brick", "sand"))
     summary = run_segment_index(db, request, Selection(), settings)
     assert (summary.ok, summary.failed) == (2, 2)
     store = SegmentationStore.open(db, create=False)
@@ -198,7 +198,7 @@ def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path,
     from maskdex.pipelines.search import TextSearcher
 
     top = [hit["image_id"] for hit in TextSearcher(db, device="cpu").search("a red brick wall", k=2)]
-    searched = run_segment_index(db, SegmentRequest("scenes", seed=5), Selection("a red brick wall", k=2), settings)
+    searched = run_segment_index(db, SegmentSpec("scenes", seed=5), Selection("a red brick wall", k=2), settings)
     assert searched.selected == searched.ok == 2
     assert sorted(row["image_id"] for row in store.rows(searched.key)) == sorted(top)
 
