@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 from lancedb.index import BTree
 
-from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
+from maskdex.storage.schemas import FAILED, SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
 from maskdex.storage.tables import KEEP_VERSIONS_FOR, chunks, connect, select, sql_string, sql_strings
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def _check_row(index: int, row: dict, key: SegmentationKey) -> None:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     if row["status"] not in STATUSES:
         raise ValueError(f"{where}: status must be one of {STATUSES}, got {row['status']!r}")
-    if row["status"] == "failed":
+    if row["status"] == FAILED:
         if not row.get("error"):
             raise ValueError(f"{where}: status 'failed' needs an error message")
         if row.get("labels_png") is not None:

@@ -505,11 +505,13 @@ class Api:
 
     def _indexed(self, image_id: str) -> dict:
         """The images row of an indexed image; ids come from the request, paths only from the table."""
+        from maskdex.storage.schemas import OK
+
         check_image_id(image_id)
         row = self._index_store().image(image_id)
         if row is None:
             raise BadInput(f"no image {image_id} in the index", 404)
-        if row["status"] != "ok":
+        if row["status"] != OK:
             raise BadInput(f"image {image_id} failed to index: {row['error']}", 404)
         return row
 

@@ -28,10 +28,10 @@ from maskdex.pipelines.fewshot.outputs import labels_image
 from maskdex.pipelines.fewshot.request import SegmentSpec, check_spec
 from maskdex.pipelines.fewshot.segmenter import SegmentCall, SegmentResult, SegmentSettings, Segmenter
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.schemas import FAILED, OK
 from maskdex.storage.segmentation_store import SegmentationKey, SegmentationStore
 
 log = logging.getLogger(__name__)
-OK, FAILED = "ok", "failed"
 
 
 @dataclass(frozen=True)

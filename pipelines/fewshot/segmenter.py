@@ -29,6 +29,7 @@ from maskdex.pipelines.fewshot.labels import has_text_name, text_names
 from maskdex.pipelines.fewshot.request import MODES, uses_text
 from maskdex.pipelines.fewshot.supports import add_example
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.schemas import OK
 from maskdex.storage.support_store import SupportArrays
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class Segmenter:
             except FileNotFoundError:  # no index in this database (yet)
                 return None
         row = self._index.image(image_id)
-        if row is None or row["status"] != "ok":
+        if row is None or row["status"] != OK:
             return None
         rles = [region["rle"] for region in self._index.regions_of(image_id)]
         if any(list(rle["size"]) != list(size) for rle in rles):

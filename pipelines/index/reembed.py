@@ -33,10 +33,11 @@ from maskdex.pipelines.common.ray_pools import StageResources, device_for_cluste
 from maskdex.pipelines.common.sources import read_inputs
 from maskdex.pipelines.index.job import IndexSettings, IndexSummary, commit_results, embed_stage
 from maskdex.pipelines.common.decode import to_original_size
-from maskdex.pipelines.index.stages import FAILED, NO_IDENTITY, PENDING, _columns, _prepare, _row
+from maskdex.pipelines.index.stages import NO_IDENTITY, PENDING, _columns, _prepare, _row
 from maskdex.storage.digests import DigestSet, image_keys
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
+from maskdex.storage.schemas import FAILED, OK
 
 # Alpha-CLIP is the whole of a re-embed's model work, so its actors take a core each (the index job
 # gives them a quarter, beside SAM 2's); on GPU nodes the GPU reservation decides placement.
@@ -104,13 +105,13 @@ def read_stored(batch: dict[str, np.ndarray], *, source_db: str, max_pixels: int
     node = ray.get_runtime_context().get_node_id()
     columns = {name: [_plain(value) for value in batch[name]] for name in _CARRIED}
     rows = [dict(zip(_CARRIED, values)) for values in zip(*columns.values())]
-    ok = [row for row in rows if row["status"] == "ok"]
+    ok = [row for row in rows if row["status"] == OK]
     masks = _source(source_db).masks_of([row["image_id"] for row in ok]) if ok else {}
     read = dict(zip((row["uri"] for row in ok), read_inputs([row["uri"] for row in ok])))
     out = []
     for row in rows:
         identity = tuple(NO_IDENTITY if row[name] is None else int(row[name]) for name in ("source_size", "source_mtime_ns"))
-        if row["status"] != "ok":
+        if row["status"] != OK:
             out.append({**_row(row["uri"], row["image_id"], FAILED, row["error"] or "failed", identity=identity),
                         "regions": "[]", "metadata": row["metadata"] or ""})
             continue

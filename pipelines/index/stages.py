@@ -21,8 +21,10 @@ from maskdex.pipelines.common.sources import read_bytes
 from maskdex.pipelines.index.claims import batch_key
 from maskdex.storage.digests import DigestSet, image_key, source_key
 from maskdex.storage.region_fragments import RegionFragmentWriter
+from maskdex.storage.schemas import FAILED, OK
 
-PENDING, OK, FAILED, SKIPPED, DUPLICATE = "pending", "ok", "failed", "skipped", "duplicate"
+# An input's way through the job: PENDING, then OK or FAILED (the row written), or SKIPPED or DUPLICATE (none written).
+PENDING, SKIPPED, DUPLICATE = "pending", "skipped", "duplicate"
 NO_IDENTITY = -1  # source_size / source_mtime_ns of an input that has none (a parquet row)
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 log = logging.getLogger(__name__)
