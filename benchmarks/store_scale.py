@@ -219,7 +219,7 @@ def _resume(scratch: str, n_files: int) -> tuple[dict[str, float], float, float,
         rows.append({"image_id": image_id(number), "uri": str(path), "status": "failed", "error": "synthetic",
                      "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns})
     store.commit(rows, [])
-    store.compact()
+    store.tidy()
     settings = IndexSettings(models="tiny", build_index=False)
     listings = {"os.scandir, names only": lambda: [entry.path for entry in os.scandir(folder)],
                 "os.walk + os.stat (ls -lR)": lambda: [os.stat(os.path.join(root, name))

@@ -208,11 +208,6 @@ class IndexStore:
             return 0
         return self._commit(batch.images_table(self.embed_dim, self.models), written, batch.image_ids, known)
 
-    def compact(self, *, keep_versions_for: timedelta | None = None) -> None:
-        """Merge the small fragments that commits leave, fold new rows into the scalar and vector
-        indexes, and drop versions older than keep_versions_for (None: Lance's default, days)."""
-        self.tidy(keep_versions_for=keep_versions_for)
-
     # Upkeep during a run: storage/index_writer.py runs tidy and train_vector_index on two threads.
 
     def tidy(self, *, frozen: Collection[int] = (), keep_versions_for: timedelta | None = None) -> int:
@@ -337,7 +332,7 @@ class IndexStore:
         """
         image_id, _, number = str(like).strip().partition(":")
         row = self.image(image_id) if image_id else None
-        if row is None or row["status"] != "ok":
+        if row is None or row["status"] != schemas.OK:
             raise NotIndexed(f"no image {image_id or '(empty id)'} in the index" if row is None else
                              f"image {image_id} failed to index, so it has no embedding")
         if not number:

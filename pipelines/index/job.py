@@ -180,7 +180,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         return summary
     init_ray(address)
     cluster = ray.cluster_resources()
-    settings = resolve_device(settings, cluster)
+    settings = settings_for_cluster(settings, cluster)
 
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
@@ -305,8 +305,9 @@ def embed_stage(dataset, store: IndexStore, settings: IndexSettings, actors: int
     )
 
 
-def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
-    """Device "auto" decided for the cluster, for both model stages (see device_for_cluster)."""
+def settings_for_cluster(settings: IndexSettings, cluster: dict) -> IndexSettings:
+    """The settings with device "auto" decided for the cluster and both model stages' resources sized to
+    it (see device_for_cluster)."""
     device, sam = device_for_cluster(settings.device, settings.sam, cluster)
     _, clip = device_for_cluster(settings.device, settings.clip, cluster)
     return replace(settings, device=device, sam=sam, clip=clip)

@@ -65,7 +65,7 @@ def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
     for number in range(40):
         assert writer.add(*worker_write(store, number)) == [True]
     writer.close()
-    writer.store.compact()  # what run_index's closing maybe_build_index does
+    writer.store.tidy()  # what run_index's closing maybe_build_index does
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
     assert writer.tidies >= 1 and stats["regions_fragments"] <= 2, stats
