@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from PIL import Image
 
-from maskdex.jobs.commands.samples import write_samples
+from benchmarks.photo_corpus import photo_variants
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.fewshot.segment_index import (
@@ -51,20 +50,6 @@ from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.segmentation_store import SegmentationStore
 from tests.support.synthetic import add_scenes
-
-
-def _corpus(directory: Path, count: int) -> list[str]:
-    photos = write_samples(directory / "base")
-    for index in range(count):
-        variant = index // len(photos)
-        image = Image.open(photos[index % len(photos)]).rotate(90 * (variant % 4), expand=True)
-        if variant // 4 % 2:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if variant >= 8:  # past the 8 turns and mirrors, trim columns so that every image stays distinct
-            image = image.crop((variant // 8, 0, image.width, image.height))
-        image.thumbnail((320, 320))
-        image.convert("RGB").save(directory / f"{index:04d}.png")
-    return [str(path) for path in sorted(directory.glob("*.png"))]
 
 
 def _register(files: list[str], db: str, models: str) -> None:
@@ -146,7 +131,7 @@ def main() -> None:
         SegmentIndexSettings().actors, max_actors=actors, batch_size=args.batch_size,
         num_gpus=1.0 if gpus else 0.0))
     with tempfile.TemporaryDirectory() as scratch:
-        files = _corpus(Path(scratch) / "corpus", args.images)
+        files = photo_variants(Path(scratch) / "corpus", args.images, max_side=320)
         db = f"{scratch}/db"
         if args.mode == "patch" and not args.index_with_models:
             _register(files, db, args.models)

@@ -271,7 +271,8 @@ class Api:
         if query.rerank:
             from maskdex.jobs.serve.rerank_route import reranked_search
 
-            return await reranked_search(self, query, filters, example)
+            return await reranked_search(query, lambda k: self.first_stage(query, k, filters, example),
+                                         reranker=self.reranker, settings=self.config.rerank, max_k=self.limits.max_k)
         results, _ = await self.first_stage(query, query.k, filters, example)
         return results
 

@@ -2,8 +2,9 @@
 
 It holds the multimodal LLM (or the client of an OpenAI-compatible server) with its own num_gpus,
 replicas and autoscaling (deployments.Reranker in the service config), and gathers the candidates of
-concurrent searches into one generate call (maskdex.rerank.batching). Loading images, parsing and
-matching run per search in a worker thread; only the model call is shared.
+concurrent searches into one generate call (Serve's batching, sized by the service config's
+maskdex.rerank.batching section). Loading images, parsing and matching run per search in a worker
+thread; only the model call is shared.
 """
 
 from __future__ import annotations
