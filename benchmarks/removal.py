@@ -54,7 +54,7 @@ def _build(uri: str, images: int, pool: np.ndarray) -> float:
     for rows, written in _driver_writes(store, images, REGIONS, pool):
         writer.add(rows, written)
     writer.close()
-    store.maybe_build_index()
+    store.upkeep.maybe_build_index()
     return time.perf_counter() - started
 
 
@@ -110,7 +110,7 @@ def main() -> None:
         report = removal.remove_images(store, ids, tidy=False)
         deletes = time.perf_counter() - started
         started = time.perf_counter()
-        store.tidy(keep_versions_for=tables.KEEP_VERSIONS_FOR)
+        store.upkeep.tidy(keep_versions_for=tables.KEEP_VERSIONS_FOR)
         tidy = time.perf_counter() - started
         after_p50, after_recall = _search(store, queries, args.repeats)
         stats = store.stats()

@@ -54,7 +54,7 @@ def build_table(uri: str, rows: int, dim: int, cluster_size: int, *, models: str
     for start in range(0, rows, COMMIT_ROWS):
         store.commit(*index_rows(embeddings[start:start + COMMIT_ROWS], REGIONS_PER_IMAGE,
                                  first_image=start // REGIONS_PER_IMAGE))
-    store.build_index(force=False)  # compacts; at these sizes builds the default index too
+    store.upkeep.build_index(force=False)  # compacts; at these sizes builds the default index too
     (Path(uri) / _COMPLETE).write_text(f"{rows} {dim} {cluster_size}\n")
     return time.perf_counter() - started
 

@@ -14,7 +14,7 @@
    images, nothing compacted) for --baseline-images. For each tenth of a run: images committed
    per second, and the p50 of a few searches issued from a second, read-only store during that
    tenth (their time is not counted as write time). Then search p50 after the run and the job's
-   closing upkeep (IndexStore.maybe_build_index: a retraining to sqrt(rows) partitions when due).
+   closing upkeep (IndexUpkeep.maybe_build_index: a retraining to sqrt(rows) partitions when due).
    --run-partitions runs the fragment path once per value of CommitPolicy.run_partitions, the most
    partitions a training during the run gets (0: sqrt(rows), as after the run), in that order.
 2. Resume: a folder of --resume-images tiny files, all recorded as indexed, run through run_index
@@ -168,7 +168,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     final_upkeep = time.perf_counter()
     # What run_index does after the run: new rows folded in, and a retraining when the run's capped
     # partitions are too few for the table (the baseline gets the same, so "after" compares alike).
-    upkeep = store.maybe_build_index() or {"vector_index": "none (too few rows)"}
+    upkeep = store.upkeep.maybe_build_index() or {"vector_index": "none (too few rows)"}
     final_upkeep = time.perf_counter() - final_upkeep
     seconds, counts_ = zip(*events)
     bounds = np.interp([tenth * k for k in range(11)], counts_, seconds)
@@ -219,7 +219,7 @@ def _resume(scratch: str, n_files: int) -> tuple[dict[str, float], float, float,
         rows.append({"image_id": image_id(number), "uri": str(path), "status": "failed", "error": "synthetic",
                      "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns})
     store.commit(rows, [])
-    store.tidy()
+    store.upkeep.tidy()
     settings = IndexSettings(models="tiny", build_index=False)
     listings = {"os.scandir, names only": lambda: [entry.path for entry in os.scandir(folder)],
                 "os.walk + os.stat (ls -lR)": lambda: [os.stat(os.path.join(root, name))

@@ -6,14 +6,16 @@ open deletes them, search never returns them, and the re-run writes them again.
 
 Region rows reach the regions table one way: as Lance fragments (storage/region_fragments.py), written
 by the index job's workers, or here for rows handed to commit, and appended by their metadata.
+The tables' upkeep (compaction, the vector index's training, its search settings) is IndexStore.upkeep,
+storage/index_upkeep.py.
 """
 
 from __future__ import annotations
 
 import os
 
-from collections.abc import Collection, Iterable
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import datetime, timezone
 
 import lance
 import numpy as np
@@ -23,6 +25,7 @@ import pyarrow.compute as pc
 from maskdex.storage import rows, schemas, tables, vector_index
 from maskdex.storage.region_fragments import RegionFragments, RegionFragmentWriter
 from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
+from maskdex.storage.index_upkeep import IndexUpkeep
 from maskdex.storage import search as region_search
 from maskdex.storage.schemas import IMAGES, REGIONS
 from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_string, sql_strings
@@ -32,9 +35,6 @@ __all__ = ["IndexStore", "ModelMismatchError", "NotIndexed"]
 LAST_SYNC = "maskdex.last_sync"
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
-# Rows a merge of small region fragments aims at: the size below which a fragment is merged again,
-# so each row is rewritten about once by merges, whatever the run's length.
-MERGED_ROWS = 65_536
 
 
 class NotIndexed(ValueError):
@@ -53,9 +53,8 @@ class IndexStore:
         self.read_only = read_only
         self._images = images
         self._regions = regions
-        # Per regions-table version: the vector index's search settings (None: no index).
-        self._search_state: tuple[int, vector_index.SearchSettings | None] | None = None
         self._uris = region_search.UriCache()
+        self.upkeep = IndexUpkeep(self)
 
     @classmethod
     def open(cls, uri: str, *, models: str | None, embed_dim: int | None, create: bool = True,
@@ -134,7 +133,7 @@ class IndexStore:
     def record_finished_shards(self, shards: list[tuple[str, int, int, int]]) -> None:
         """Record (uri, size, mtime_ns, samples) of shards whose samples' images rows are all
         committed: call only after that commit, so that a kill between the two re-reads the shard."""
-        self._require_writable("record_finished_shards")
+        self.require_writable("record_finished_shards")
         if not shards:
             return
         db = tables.connect(self.uri)
@@ -147,7 +146,7 @@ class IndexStore:
 
     def forget_finished_shards(self) -> None:
         """Every shard is opened again by the next run (its finished samples are still skipped by key)."""
-        self._require_writable("forget_finished_shards")
+        self.require_writable("forget_finished_shards")
         db = tables.connect(self.uri)
         if schemas.SHARDS in db:
             db.open_table(schemas.SHARDS).delete("true")
@@ -173,7 +172,7 @@ class IndexStore:
         known: the caller's DigestSet of stored ids (from known_ids, kept up to date by passing it
         to every commit), which replaces the database lookup: that lookup scans every row not yet
         in the image_id index, a cost that grows with the table during a long run."""
-        self._require_writable("commit")
+        self.require_writable("commit")
         batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
         batch = batch.without(self._stored(batch.image_ids, known))
         if not batch.images:
@@ -192,7 +191,7 @@ class IndexStore:
         n_regions; together they must account for every row of the fragments, so no region is
         committed without its image). An image already stored is skipped when it has no regions and
         refused when it has some, since its regions would be stored twice. Returns images rows written."""
-        self._require_writable("commit")
+        self.require_writable("commit")
         batch = rows.prepare_images(images, dim=self.embed_dim, models=self.models)
         stored = self._stored(batch.image_ids, known)
         twice = [row["image_id"] for row in batch.images if row["image_id"] in stored and row["n_regions"]]
@@ -208,95 +207,10 @@ class IndexStore:
             return 0
         return self._commit(batch.images_table(self.embed_dim, self.models), written, batch.image_ids, known)
 
-    # Upkeep during a run: storage/index_writer.py runs tidy and train_vector_index on two threads.
-
-    def tidy(self, *, frozen: Collection[int] = (), keep_versions_for: timedelta | None = None) -> int:
-        """The short upkeep, cheap enough after every few commits: merge the regions table's small
-        fragments (one per worker write) into fragments of up to MERGED_ROWS rows, leaving larger
-        ones alone (compact rewrites up to a million rows), compact the images table, drop versions
-        older than keep_versions_for (None: Lance's default, days) and, with nothing frozen, fold new
-        rows into the indexes, which bounds the unindexed rows every search scans flat.
-
-        frozen: the fragment ids a vector index training in flight reads. Rewriting one, or folding
-        rows into the index meanwhile, would make its commit fail (Lance: "preempted by concurrent
-        transaction Rewrite / CreateIndex"); dropping old versions does not. Returns the regions
-        fragments removed."""
-        self._require_writable("tidy")
-        dataset = lance.dataset(self.regions_dataset_uri)
-        options = {"target_rows_per_fragment": MERGED_ROWS}
-        if frozen:
-            options["excluded_fragment_ids"] = sorted(frozen)
-        stats = dataset.optimize.compact_files(**options)
-        dataset = lance.dataset(self.regions_dataset_uri)
-        if not frozen:
-            _fold_new_rows(dataset)
-        dataset.cleanup_old_versions(older_than=keep_versions_for)
-        self._images.optimize(cleanup_older_than=keep_versions_for)
-        return stats.fragments_removed - stats.fragments_added
-
-    def regions_snapshot(self):
-        """The regions table's Lance dataset pinned at its latest version: what a training reads."""
-        return lance.dataset(self.regions_dataset_uri)
-
-    def vector_index_due(self, snapshot=None, *, growth: float = vector_index.RETRAIN_GROWTH,
-                         max_partitions: int | None = None) -> bool:
-        """Whether a vector index should be trained: none yet and MIN_ROWS regions, or the table
-        has outgrown the index by `growth` (VectorIndexParams.outgrown); max_partitions caps what a
-        training now would get (a run's trainings), None leaves it sqrt(rows)."""
-        rows = (snapshot if snapshot is not None else self.regions_snapshot()).count_rows()
-        if vector_index.find_vector_index(self._regions) is None:
-            return rows >= vector_index.MIN_ROWS
-        return self._vector_params().outgrown(rows, self.embed_dim, growth, max_partitions)
-
-    def train_vector_index(self, snapshot, *, max_partitions: int | None = None) -> dict:
-        """Train (or retrain) the vector index on a snapshot without compacting first, so commits
-        and tidy (off the snapshot's fragments) go on meanwhile; with at most max_partitions
-        partitions (a run's trainings: vector_index.RUN_PARTITIONS). Returns build_index's report."""
-        self._require_writable("train_vector_index")
-        rows = snapshot.count_rows()  # before: the commit moves the snapshot to the new version
-        params = vector_index.VectorIndexParams.for_table(rows, self.embed_dim, max_partitions=max_partitions)
-        vector_index.build_vector_index(self._regions, self.embed_dim, params=params, snapshot=snapshot)
-        return {"regions": rows, "vector_index": "built", **params.describe()}
-
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
-        self._require_writable("forget_failed")
+        self.require_writable("forget_failed")
         return self._images.delete("status = 'failed'").num_deleted_rows
-
-    # Indexes
-
-    def build_index(self, *, force: bool = False, keep_versions_for: timedelta | None = None) -> dict:
-        """Scalar indexes, and the IVF_PQ index on regions.embedding once there are
-        vector_index.MIN_ROWS regions (any number from 256 with force). An existing vector index
-        is refreshed with optimize(), or retrained when the table has outgrown it (vector_index_due:
-        after a run whose trainings were capped, or one killed before its closing upkeep) or with
-        force. Returns what was done."""
-        self._require_writable("build_index")
-        # Compaction first, so the vector index trains on few large fragments.
-        self.tidy(keep_versions_for=keep_versions_for)
-        report = {"regions": self._regions.count_rows(),
-                  "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
-                                     + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
-        indexed = vector_index.find_vector_index(self._regions) is not None
-        if indexed and not (force or self.vector_index_due()):
-            return {**report, "vector_index": "refreshed", **self._vector_params().describe()}
-        if not indexed and report["regions"] < vector_index.MIN_ROWS and not force:
-            return {**report, "vector_index": "skipped",
-                    "reason": f"{report['regions']} regions is below {vector_index.MIN_ROWS}, where exact search is "
-                              f"fast; force=True builds one anyway"}
-        params = vector_index.build_vector_index(self._regions, self.embed_dim)
-        return {**report, "vector_index": "built", **params.describe()}
-
-    def maybe_build_index(self, *, keep_versions_for: timedelta | None = None) -> dict | None:
-        """During and after an index run: build the vector index once the table is large enough,
-        retrain it when the table has outgrown what it was trained on, refresh it otherwise.
-        Compacts the tables in any case; returns build_index's report, or None when no vector
-        index is due."""
-        self._require_writable("maybe_build_index")
-        if vector_index.find_vector_index(self._regions) is None and self._regions.count_rows() < vector_index.MIN_ROWS:
-            self.tidy(keep_versions_for=keep_versions_for)
-            return None
-        return self.build_index(keep_versions_for=keep_versions_for)
 
     # Reading
 
@@ -316,7 +230,7 @@ class IndexStore:
         if filters and filters.get("image_ids") is not None and not list(filters["image_ids"]):
             return []
         version = self._regions.version  # one round trip serves the settings and the snapshot
-        settings = None if exact else self._search_settings(version)
+        settings = None if exact else self.upkeep.search_settings(version)
         return region_search.search_images(self._regions, self._images, query, k=k, oversample=oversample,
                                            where=where, settings=settings, uris=self._uris, version=version)
 
@@ -387,7 +301,7 @@ class IndexStore:
             "regions": regions,
             "indexed": index is not None,
             "unindexed_rows": regions if index is None else index.num_unindexed_rows,
-            "vector_index": None if index is None else self._vector_params(index).describe(),
+            "vector_index": None if index is None else self.upkeep.vector_params(index).describe(),
             # Removed rows still in the data files (storage/removal.py), and what the last sync did.
             "deleted_rows": {IMAGES: tables.deleted_rows(self._images), REGIONS: tables.deleted_rows(self._regions)},
             "last_sync": tables.read_note(self._images, LAST_SYNC),
@@ -413,25 +327,6 @@ class IndexStore:
                    if name not in self._images.schema.names}
         if missing:
             self._images.add_columns(missing)
-
-    def _search_settings(self, version: int) -> vector_index.SearchSettings | None:
-        # Listing the indexes and reading the recorded parameters are two round trips; the table
-        # version is one, and they change only with it.
-        state = self._search_state
-        if state is None or state[0] != version:
-            index = vector_index.find_vector_index(self._regions)
-            state = (version, None if index is None else self._vector_params(index).search_settings())
-            self._search_state = state
-        return state[1]
-
-    def _vector_params(self, index=None) -> vector_index.VectorIndexParams:
-        # An index built by hand (or before its record was written) gets the parameters that
-        # build_index would have chosen for the rows it covers.
-        recorded = vector_index.VectorIndexParams.recorded(self._regions)
-        if recorded is not None:
-            return recorded
-        index = index or vector_index.find_vector_index(self._regions)
-        return vector_index.VectorIndexParams.for_table(index.num_indexed_rows or 0, self.embed_dim)
 
     def _stored(self, image_ids: list[str], known: DigestSet | None) -> set[str]:
         if known is None:
@@ -477,7 +372,8 @@ class IndexStore:
             raise ValueError("query must be finite and non-zero")
         return vector
 
-    def _require_writable(self, action: str) -> None:
+    def require_writable(self, action: str) -> None:
+        """A ValueError naming the action unless the store was opened writable."""
         if self.read_only:
             raise ValueError(f"cannot {action}: the index at {self.uri} was opened read_only")
 
@@ -517,20 +413,6 @@ def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | 
     if embed_dim is not None and embed_dim != recorded_dim:
         raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "
                                  f"(models {recorded_models!r})")
-
-
-def _fold_new_rows(dataset) -> None:
-    """Index the regions no index covers yet. New rows go into a new segment of the vector index
-    (Lance's default merges them into the previous segment, rewriting it: 24 s against 2 s for 32k new
-    rows beside 500k indexed, on 2 cores); once there are MAX_INDEX_SEGMENTS, the segments since the
-    training merge into one, so queries never search more than that many."""
-    for index in dataset.describe_indices():
-        if index.name == vector_index.VECTOR_INDEX_NAME:
-            count = len(index.segments)
-            merge = count - 1 if count >= vector_index.MAX_INDEX_SEGMENTS else 0
-            dataset.optimize.optimize_indices(index_names=[index.name], num_indices_to_merge=merge)
-        else:
-            dataset.optimize.optimize_indices(index_names=[index.name])
 
 
 def _region_number(row: dict) -> int:

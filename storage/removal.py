@@ -144,7 +144,7 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
     if segmentations is not None:
         report.segmentations += _drop_orphan_segmentations(store, segmentations)
     if tidy and ordered:
-        store.tidy(keep_versions_for=KEEP_VERSIONS_FOR)
+        store.upkeep.tidy(keep_versions_for=KEEP_VERSIONS_FOR)
         if segmentations is not None and report.segmentations:
             segmentations.tidy()
     report.seconds = time.perf_counter() - started

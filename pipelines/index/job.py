@@ -175,7 +175,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
         if plan is not None:
             summary.sync = _finish_sync(plan, store, summary, settings)
         if settings.build_index:
-            summary.index = store.maybe_build_index()
+            summary.index = store.upkeep.maybe_build_index()
         summary.seconds = time.perf_counter() - started
         return summary
     init_ray(address)
@@ -196,7 +196,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     if plan is not None:
         summary.sync = _finish_sync(plan, store, summary, settings)
     if settings.build_index:
-        summary.index = store.maybe_build_index()
+        summary.index = store.upkeep.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
 

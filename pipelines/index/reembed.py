@@ -71,7 +71,7 @@ def run_reembed(source_db: str, db: str, settings: IndexSettings = IndexSettings
         commit_results(dataset, writer, preset.fingerprint, summary, Progress("reembed", len(todo)))
     writer.close()
     if settings.build_index:
-        summary.index = store.maybe_build_index()
+        summary.index = store.upkeep.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -65,7 +65,7 @@ def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
     for number in range(40):
         assert writer.add(*worker_write(store, number)) == [True]
     writer.close()
-    writer.store.tidy()  # what run_index's closing maybe_build_index does
+    writer.store.upkeep.tidy()  # what run_index's closing maybe_build_index does
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
     assert writer.tidies >= 1 and stats["regions_fragments"] <= 2, stats
@@ -198,18 +198,18 @@ def test_tidy_beside_a_training_merges_only_new_fragments_and_both_commit(tmp_pa
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
     for first in range(0, 300, 50):  # 6 fragments of 100 regions
         store.commit_written(*worker_write(store, *range(first, first + 50)))
-    snapshot = store.regions_snapshot()  # what a training in flight reads
+    snapshot = store.upkeep.regions_snapshot()  # what a training in flight reads
     frozen = {fragment.fragment_id for fragment in snapshot.get_fragments()}
     for number in range(300, 340, 2):  # 20 small fragments committed meanwhile
         store.commit_written(*worker_write(store, number, number + 1))
-    assert store.tidy(frozen=frozen) == 19  # the 20 new ones became one; the frozen ones stayed
-    assert {f.fragment_id for f in store.regions_snapshot().get_fragments()} >= frozen
-    report = store.train_vector_index(snapshot)  # commits after the merge, on the snapshot's rows
+    assert store.upkeep.tidy(frozen=frozen) == 19  # the 20 new ones became one; the frozen ones stayed
+    assert {f.fragment_id for f in store.upkeep.regions_snapshot().get_fragments()} >= frozen
+    report = store.upkeep.train_vector_index(snapshot)  # commits after the merge, on the snapshot's rows
     assert (report["vector_index"], report["regions"]) == ("built", 600)
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], stats["regions_fragments"]) == (340, 680, 7)
     assert stats["indexed"] and stats["unindexed_rows"] == 80  # the merged fragment, until the next tidy
-    store.tidy()
+    store.upkeep.tidy()
     assert store.stats()["unindexed_rows"] == 0
 
 
@@ -223,7 +223,7 @@ def test_background_trainings_during_a_run_lose_no_row(tmp_path, monkeypatch):
         assert writer.add(*worker_write(store, *range(number, number + 4))) == [True] * 4
     writer.close()
     assert writer.index_reports and all(report["vector_index"] == "built" for report in writer.index_reports)
-    store.tidy()
+    store.upkeep.tidy()
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], stats["unindexed_rows"]) == (800, 1600, 0)
     # 200 worker writes. Lance merges only fragments that the same index segments cover, so each
@@ -253,11 +253,11 @@ def test_a_run_trains_with_few_partitions_and_the_closing_upkeep_sizes_them_for_
     assert last_partitions == 2 < vector_index.VectorIndexParams.for_table(last_rows, DIM).num_partitions, trained
     # 1,600 regions call for 6 partitions (sqrt, at most rows / 256): 3x the run's, so it is due.
     assert vector_index.VectorIndexParams.for_table(1600, DIM).num_partitions == 6
-    assert store.vector_index_due()
-    assert not store.vector_index_due(growth=policy.retrain_growth, max_partitions=policy.run_partitions)
-    report = store.maybe_build_index()
+    assert store.upkeep.vector_index_due()
+    assert not store.upkeep.vector_index_due(growth=policy.retrain_growth, max_partitions=policy.run_partitions)
+    report = store.upkeep.maybe_build_index()
     assert (report["vector_index"], report["num_partitions"], report["trained_rows"]) == ("built", 6, 1600)
-    assert not store.vector_index_due()
+    assert not store.upkeep.vector_index_due()
     image, regions = image_with_regions(321, 2)
     assert store.search(regions[0]["embedding"], k=1)[0]["image_id"] == image["image_id"]
 
@@ -270,13 +270,13 @@ def test_run_partitions_must_be_positive():
 def test_each_tidy_indexes_new_rows_in_a_segment_and_merges_them_at_the_cap(tmp_path):
     store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
     store.commit_written(*worker_write(store, *range(150)))  # 300 regions
-    store.train_vector_index(store.regions_snapshot())
+    store.upkeep.train_vector_index(store.upkeep.regions_snapshot())
     segments = []
     for number in range(150, 150 + vector_index.MAX_INDEX_SEGMENTS + 2):
         store.commit_written(*worker_write(store, number))
-        store.tidy()
+        store.upkeep.tidy()
         assert store.stats()["unindexed_rows"] == 0
-        index = next(i for i in store.regions_snapshot().describe_indices() if i.name == vector_index.VECTOR_INDEX_NAME)
+        index = next(i for i in store.upkeep.regions_snapshot().describe_indices() if i.name == vector_index.VECTOR_INDEX_NAME)
         segments.append(len(index.segments))
     cap = vector_index.MAX_INDEX_SEGMENTS
     assert segments == list(range(2, cap + 1)) + [2, 3, 4], segments

@@ -75,7 +75,7 @@ def test_appends_commit_beside_a_compaction_and_lose_nothing(tmp_path):
     def compact_until_done():
         try:
             while not done.is_set():
-                store.tidy()
+                store.upkeep.tidy()
         except Exception as error:  # surfaced by the assertion below
             errors.append(error)
 

@@ -38,7 +38,7 @@ def _index(uri: str, images: int, *, segmented: int = 0, build: bool = True) -> 
     store = IndexStore.open(uri, models="test-build", embed_dim=DIM)
     store.commit(image_rows, region_rows)
     if build:
-        assert store.build_index()["vector_index"] == "built"
+        assert store.upkeep.build_index()["vector_index"] == "built"
     if segmented:
         SegmentationStore.open(uri).commit(KEY, [_segmentation(r["image_id"], r["uri"]) for r in image_rows[:segmented]])
     return image_rows, embeddings

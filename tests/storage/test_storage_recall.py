@@ -21,7 +21,7 @@ def test_ann_recall_at_10_against_exact_search(tmp_path):
         store.commit(*index_rows(embeddings[start:start + COMMIT_ROWS], REGIONS_PER_IMAGE,
                                  first_image=start // REGIONS_PER_IMAGE))
 
-    report = store.maybe_build_index()
+    report = store.upkeep.maybe_build_index()
     assert report["vector_index"] == "built" and report["num_partitions"] == round(np.sqrt(ROWS))
 
     recalls = []
