@@ -34,10 +34,10 @@ from maskdex.storage.region_fragments import RegionFragments
 def _loop(files: list[str], db: str, settings: IndexSettings) -> float:
     started = time.perf_counter()
     preset = get_preset(settings.models)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     masks = MaskStage(settings.models, None, settings.device, settings.dtype, {}, threads=os.cpu_count() or 1)
     embed = EmbedStage(settings.models, None, settings.device, settings.dtype, settings.context, 64,
-                       threads=os.cpu_count() or 1, regions_uri=store.regions_dataset_uri, models=store.models,
+                       threads=os.cpu_count() or 1, regions_uri=store.regions_dataset_uri, fingerprint=store.fingerprint,
                        claims=start_claims())
     none = DigestSet(32)
     for start in range(0, len(files), settings.read_batch_size):

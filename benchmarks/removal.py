@@ -49,7 +49,7 @@ def _fractions(text: str) -> list[float]:
 
 def _build(uri: str, images: int, pool: np.ndarray) -> float:
     started = time.perf_counter()
-    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(background_upkeep=False))
     for rows, written in _driver_writes(store, images, REGIONS, pool):
         writer.add(rows, written)
@@ -102,7 +102,7 @@ def main() -> None:
         uri = os.path.join(args.scratch, "copy")
         shutil.rmtree(uri, ignore_errors=True)
         shutil.copytree(cached, uri)
-        store = IndexStore.open(uri, models=None, embed_dim=None)
+        store = IndexStore.open(uri, fingerprint=None, embed_dim=None)
         before_p50, before_recall = _search(store, queries, args.repeats)
         chosen = rng.choice(args.images, size=round(fraction * args.images), replace=False)
         ids = [image_id(int(number)) for number in chosen]

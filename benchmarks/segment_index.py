@@ -58,7 +58,7 @@ def _register(files: list[str], db: str, models: str) -> None:
     images through SAM 2 would take most of an hour on a small CPU machine."""
     preset = get_preset(models)
     dim = embedding_dim(preset.alpha_clip)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=dim)
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=dim)
     rng = np.random.default_rng(0)
     rows = []
     for path in files:
@@ -76,7 +76,7 @@ def _loop(db: str, spec: SegmentSpec, settings: SegmentIndexSettings, *, batched
     key = segmentation_key(db, spec, settings.segment)
     spec = replace(spec, classes=key.classes)
     items = [{"image_id": image_id, "uri": uri}
-             for image_id, uri in sorted(IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+             for image_id, uri in sorted(IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
                                          .image_uris().items())][:limit]
     store = SegmentationStore.open(db)
     segmenter = Segmenter(db, settings.segment)

@@ -124,8 +124,8 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     A tenth's rate is a tenth of the images over the write time between the moments the committed
     count passed the tenth's bounds (interpolated within a commit that spans a bound; search time
     is left out). Searches run from a second store each time the committed count passes a bound."""
-    store = IndexStore.open(uri, models=MODELS, embed_dim=pool.shape[1])
-    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=pool.shape[1])
+    reader = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     writer = None if path == "baseline" else IndexWriter(store, policy)
     tenth = images / 10
     events = [(0.0, 0)]  # (write seconds so far, images committed so far)
@@ -211,7 +211,7 @@ def _resume(scratch: str, n_files: int) -> tuple[dict[str, float], float, float,
         (folder / f"{number:06d}.jpg").write_bytes(number.to_bytes(4, "little") * 8)
     preset = get_preset("tiny")
     db = f"{scratch}/resume_db"
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     files = sorted(folder.iterdir())
     rows = []
     for number, path in enumerate(files):  # recorded as a finished run would have
@@ -269,7 +269,7 @@ def main() -> None:
         if args.images:
             ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
             # Started and imported before the clock runs, as a job's actors are before results flow.
-            warm = IndexStore.open(f"{scratch}/warm", models=MODELS, embed_dim=pool.shape[1])
+            warm = IndexStore.open(f"{scratch}/warm", fingerprint=MODELS, embed_dim=pool.shape[1])
             ray.get([_write_block.remote(warm.regions_dataset_uri, 0, BLOCK, args.regions, pool)
                      for _ in range(2 * args.workers)])
             for cap in args.run_partitions:

@@ -46,9 +46,9 @@ class IndexStore:
     database while others write: opening writable deletes regions that have no images row, and
     those include the regions of a commit in flight. Readers pass read_only=True."""
 
-    def __init__(self, uri: str, images, regions, models: str, embed_dim: int, read_only: bool):
+    def __init__(self, uri: str, images, regions, fingerprint: str, embed_dim: int, read_only: bool):
         self.uri = uri
-        self.models = models
+        self.fingerprint = fingerprint  # of the models that built the index (ModelPreset.fingerprint)
         self.embed_dim = embed_dim
         self.read_only = read_only
         self._images = images
@@ -57,12 +57,12 @@ class IndexStore:
         self.upkeep = IndexUpkeep(self)
 
     @classmethod
-    def open(cls, uri: str, *, models: str | None, embed_dim: int | None, create: bool = True,
+    def open(cls, uri: str, *, fingerprint: str | None, embed_dim: int | None, create: bool = True,
              read_only: bool = False) -> IndexStore:
         """Open the index at a directory or object-store URI, creating it on first use.
 
-        models / embed_dim must match what the index was built with (ModelMismatchError names
-        both); None accepts whatever it was built with. Creating requires both. read_only never
+        fingerprint (of the models, ModelPreset.fingerprint) / embed_dim must match what the index was
+        built with (ModelMismatchError names both); None accepts whatever it was built with. Creating requires both. read_only never
         creates, never deletes, and refuses writes.
         """
         if (read_only or not create) and "://" not in uri and not os.path.isdir(uri):
@@ -72,20 +72,20 @@ class IndexStore:
         opened = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
         recorded = _recorded_build(uri, opened)
         if recorded is not None:
-            _check_same_build(uri, recorded, models, embed_dim)
-            models, embed_dim = recorded
+            _check_same_build(uri, recorded, fingerprint, embed_dim)
+            fingerprint, embed_dim = recorded
         missing = [name for name in (REGIONS, IMAGES) if name not in opened]
         if missing:
             if read_only or not create:
                 raise FileNotFoundError(f"no maskdex index at {uri}" if len(missing) == 2 else
                                         f"the index at {uri} lacks its {missing[0]} table; open it once writable "
                                         f"with create=True to finish creating it")
-            if not models or embed_dim is None or embed_dim < 1:
-                raise ValueError(f"creating an index at {uri} needs models and a positive embed_dim "
-                                 f"(got models={models!r}, embed_dim={embed_dim!r})")
+            if not fingerprint or embed_dim is None or embed_dim < 1:
+                raise ValueError(f"creating an index at {uri} needs the models' fingerprint and a positive embed_dim "
+                                 f"(got fingerprint={fingerprint!r}, embed_dim={embed_dim!r})")
             for name in missing:  # regions before images, like every commit
-                opened[name] = _create_table(db, uri, name, models, embed_dim)
-        store = cls(uri, opened[IMAGES], opened[REGIONS], models, embed_dim, read_only)
+                opened[name] = _create_table(db, uri, name, fingerprint, embed_dim)
+        store = cls(uri, opened[IMAGES], opened[REGIONS], fingerprint, embed_dim, read_only)
         if not read_only:
             store._add_missing_columns()
             store._drop_orphan_regions()
@@ -173,16 +173,16 @@ class IndexStore:
         to every commit), which replaces the database lookup: that lookup scans every row not yet
         in the image_id index, a cost that grows with the table during a long run."""
         self.require_writable("commit")
-        batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
+        batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.fingerprint)
         batch = batch.without(self._stored(batch.image_ids, known))
         if not batch.images:
             return 0
         # Convert both before writing either, so a conversion error writes nothing.
-        images_table = batch.images_table(self.embed_dim, self.models)
-        regions_table = batch.regions_table(self.embed_dim, self.models)
+        images_table = batch.images_table(self.embed_dim, self.fingerprint)
+        regions_table = batch.regions_table(self.embed_dim, self.fingerprint)
         written = RegionFragments(images=len(batch.images))  # no regions: nothing to append
         if regions_table.num_rows:
-            writer = RegionFragmentWriter(self.regions_dataset_uri, dim=self.embed_dim, models=self.models)
+            writer = RegionFragmentWriter(self.regions_dataset_uri, dim=self.embed_dim, models=self.fingerprint)
             written = writer.write_batch(batch)
         return self._commit(images_table, written, batch.image_ids, known)
 
@@ -192,7 +192,7 @@ class IndexStore:
         committed without its image). An image already stored is skipped when it has no regions and
         refused when it has some, since its regions would be stored twice. Returns images rows written."""
         self.require_writable("commit")
-        batch = rows.prepare_images(images, dim=self.embed_dim, models=self.models)
+        batch = rows.prepare_images(images, dim=self.embed_dim, models=self.fingerprint)
         stored = self._stored(batch.image_ids, known)
         twice = [row["image_id"] for row in batch.images if row["image_id"] in stored and row["n_regions"]]
         if twice:
@@ -205,7 +205,7 @@ class IndexStore:
                              f"{written.rows} rows: a region would be committed without its image")
         if not batch.images:
             return 0
-        return self._commit(batch.images_table(self.embed_dim, self.models), written, batch.image_ids, known)
+        return self._commit(batch.images_table(self.embed_dim, self.fingerprint), written, batch.image_ids, known)
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
@@ -294,7 +294,7 @@ class IndexStore:
         return {
             **self.storage_stats(),
             "uri": self.uri,
-            "models": self.models,
+            "models": self.fingerprint,
             "embed_dim": self.embed_dim,
             "images_ok": images_ok,
             "images_failed": self._images.count_rows() - images_ok,
@@ -381,8 +381,8 @@ class IndexStore:
     _where = staticmethod(tables.select)
 
 
-def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
-    schema = (schemas.regions_schema if name == REGIONS else schemas.images_schema)(embed_dim, models)
+def _create_table(db, uri: str, name: str, fingerprint: str, embed_dim: int):
+    schema = (schemas.regions_schema if name == REGIONS else schemas.images_schema)(embed_dim, fingerprint)
     try:
         table = db.create_table(name, schema=schema, exist_ok=True)
     except ValueError:
@@ -390,7 +390,7 @@ def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
             raise
         # Created meanwhile by another process, with a different schema: say how it differs.
         table = db.open_table(name)
-        _check_same_build(uri, _recorded_build(uri, {name: table}), models, embed_dim)
+        _check_same_build(uri, _recorded_build(uri, {name: table}), fingerprint, embed_dim)
         raise
     vector_index.ensure_scalar_indexes(table, name)
     return table
@@ -403,12 +403,12 @@ def _recorded_build(uri: str, opened: dict) -> tuple[str, int] | None:
     return next(iter(builds.values()), None)
 
 
-def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | None, embed_dim: int | None) -> None:
+def _check_same_build(uri: str, recorded: tuple[str, int] | None, fingerprint: str | None, embed_dim: int | None) -> None:
     if recorded is None:
         return
     recorded_models, recorded_dim = recorded
-    if models is not None and models != recorded_models:
-        raise ModelMismatchError(f"the index at {uri} was built with models {recorded_models!r}, not {models!r}; "
+    if fingerprint is not None and fingerprint != recorded_models:
+        raise ModelMismatchError(f"the index at {uri} was built with models {recorded_models!r}, not {fingerprint!r}; "
                                  f"use that preset, or another index location")
     if embed_dim is not None and embed_dim != recorded_dim:
         raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "

@@ -490,7 +490,7 @@ class Api:
         if self._index is None:
             from maskdex.storage.index_store import IndexStore
 
-            self._index = IndexStore.open(self.config.db, models=None, embed_dim=None, read_only=True)
+            self._index = IndexStore.open(self.config.db, fingerprint=None, embed_dim=None, read_only=True)
         return self._index
 
     def _segmentation_store(self):

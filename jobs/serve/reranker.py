@@ -42,7 +42,7 @@ class RerankerModel:
             raise ValueError("the Reranker deployment needs a maskdex.rerank section in the service config")
         self.settings = settings.rerank.settings()
         self.backend = build_reranker(self.settings, weights=settings.weights)
-        self.store = IndexStore.open(settings.db, models=None, embed_dim=None, read_only=True)
+        self.store = IndexStore.open(settings.db, fingerprint=None, embed_dim=None, read_only=True)
         self.max_pixels = settings.limits.max_pixels
         self._judge.set_max_batch_size(settings.rerank.batching.max_batch_size)
         self._judge.set_batch_wait_timeout_s(settings.rerank.batching.batch_wait_timeout_s)

@@ -84,7 +84,7 @@ class SegmentIndexSummary:
 
     def as_dict(self) -> dict:
         return {"set": self.key.set_name, "classes": list(self.key.classes), "mode": self.key.mode,
-                "models": self.key.models, "shots_only": self.key.shots_only, "seed": self.key.seed,
+                "models": self.key.fingerprint, "shots_only": self.key.shots_only, "seed": self.key.seed,
                 "selection": self.selection, "selected": self.selected, "skipped": self.skipped, "ok": self.ok,
                 "failed": self.failed, "seconds": round(self.seconds, 3),
                 "startup_seconds": round(self.startup_seconds, 3),
@@ -115,7 +115,7 @@ def segmentation_key(db: str, spec: SegmentSpec, settings: SegmentSettings) -> S
 def select_images(db: str, selection: Selection, settings: SegmentSettings) -> list[tuple[str, str]]:
     """(image_id, uri) of the selected images that indexed ok: by image_id, or best first for a search."""
     if selection.query is None:
-        index = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+        index = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
         return sorted(index.image_uris().items())
     from maskdex.pipelines.search import TextSearcher
 

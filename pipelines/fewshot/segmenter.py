@@ -250,7 +250,7 @@ class Segmenter:
             return None
         if self._index is None:
             try:
-                self._index = IndexStore.open(self.db, models=None, embed_dim=None, read_only=True)
+                self._index = IndexStore.open(self.db, fingerprint=None, embed_dim=None, read_only=True)
             except FileNotFoundError:  # no index in this database (yet)
                 return None
         row = self._index.image(image_id)

@@ -162,7 +162,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     require_weights(preset, settings.weights, INDEX_MODELS)
     expanded = expand_sources(sources)
     parquet_columns = _parquet_columns(expanded.parquet)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     if settings.retry_failed:
         store.forget_failed()
         store.forget_finished_shards()
@@ -299,7 +299,7 @@ def embed_stage(dataset, store: IndexStore, settings: IndexSettings, actors: int
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
                                "threads": max(1, int(settings.clip.num_cpus)),
-                               "regions_uri": store.regions_dataset_uri, "models": store.models,
+                               "regions_uri": store.regions_dataset_uri, "fingerprint": store.fingerprint,
                                "claims": start_claims()},
         **actor_pool(settings.clip, actors),
     )

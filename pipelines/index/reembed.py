@@ -54,10 +54,10 @@ def run_reembed(source_db: str, db: str, settings: IndexSettings = IndexSettings
     started = time.perf_counter()
     if _same_location(source_db, db):
         raise ValueError(f"--from and --db both name {db}: a re-embed writes a new database beside the old one")
-    source = IndexStore.open(source_db, models=None, embed_dim=None, read_only=True)
+    source = IndexStore.open(source_db, fingerprint=None, embed_dim=None, read_only=True)
     preset = reembed_preset(settings.models, source.models)
     settings = IndexSettings(**{**settings.__dict__, "models": preset.name})
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
     summary = IndexSummary(action="re-embedded")
@@ -177,7 +177,7 @@ _SOURCES: dict[str, IndexStore] = {}
 def _source(uri: str) -> IndexStore:
     # One read-only store per worker process: opening connects and reads both schemas.
     if uri not in _SOURCES:
-        _SOURCES[uri] = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+        _SOURCES[uri] = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     return _SOURCES[uri]
 
 

@@ -201,7 +201,7 @@ class EmbedStage:
     same on every row of the batch): no region embedding travels to the driver."""
 
     def __init__(self, preset: str, weights: str | None, device: str, dtype: str | None, context: float | None,
-                 batch_size: int, threads: int, *, regions_uri: str, models: str, claims):
+                 batch_size: int, threads: int, *, regions_uri: str, fingerprint: str, claims):
         import torch
 
         from maskdex.operators.registry.presets import alpha_clip_encoder
@@ -209,9 +209,9 @@ class EmbedStage:
         torch.set_num_threads(max(1, threads))
         self.encoder = alpha_clip_encoder(preset, weights=weights, device=device, dtype=dtype, context=context,
                                           batch_size=batch_size)
-        self.models = models
+        self.fingerprint = fingerprint  # of the index's models, written on every images row
         self.claims = claims
-        self.writer = RegionFragmentWriter(regions_uri, dim=self.encoder.embed_dim, models=models)
+        self.writer = RegionFragmentWriter(regions_uri, dim=self.encoder.embed_dim, models=fingerprint)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _writable_status(batch)
@@ -225,7 +225,7 @@ class EmbedStage:
             if status != PENDING:
                 image_embeddings.append(no_embedding)
                 if status == FAILED:
-                    images.append(image_row(_at(batch, index), self.models, n_regions=0))
+                    images.append(image_row(_at(batch, index), self.fingerprint, n_regions=0))
                 continue
             image = batch["image"][index]
             found = json.loads(batch["regions"][index])
@@ -238,7 +238,7 @@ class EmbedStage:
             if error is not None:
                 batch["status"][index], batch["error"][index] = FAILED, error
                 image_embeddings.append(no_embedding)
-                images.append(image_row(_at(batch, index), self.models, n_regions=0))
+                images.append(image_row(_at(batch, index), self.fingerprint, n_regions=0))
                 continue
             batch["status"][index] = OK
             image_embeddings.append(result[1].numpy().astype(np.float32))
@@ -246,7 +246,7 @@ class EmbedStage:
             image_id = str(batch["image_id"][index])
             regions += region_rows(image_id, [to_original_size(r, full_size) for r in found],
                                    result[0].numpy().astype(np.float32))
-            images.append(image_row({**_at(batch, index), "image_embedding": image_embeddings[-1]}, self.models,
+            images.append(image_row({**_at(batch, index), "image_embedding": image_embeddings[-1]}, self.fingerprint,
                                     n_regions=len(found)))
         image_rows, written = self.writer.write(images, regions)
         counts = {row["image_id"]: row["n_regions"] for row in image_rows}
@@ -268,15 +268,16 @@ class EmbedStage:
                 batch["status"][index], batch["error"][index] = DUPLICATE, ""
 
 
-def image_row(row: dict, models: str, *, n_regions: int | None = None) -> dict:
-    """The images row of one input, from the stages' fields (and its n_regions, when known)."""
+def image_row(row: dict, fingerprint: str, *, n_regions: int | None = None) -> dict:
+    """The images row of one input, from the stages' fields (and its n_regions, when known); fingerprint:
+    the index's models (its `models` column)."""
     ok = row["status"] == OK
     return {
         "image_id": str(row["image_id"]), "uri": str(row["uri"]), "width": int(row["width"]),
         "height": int(row["height"]), "status": OK if ok else FAILED, "error": None if ok else str(row["error"]),
         "n_regions": int(row["n_regions"] if n_regions is None else n_regions),
         "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
-        "models": models,
+        "models": fingerprint,
         **{name: (int(row[name]) if name in row and int(row[name]) != NO_IDENTITY else None)
            for name in ("source_size", "source_mtime_ns")},
         "metadata": str(row.get("metadata") or "") or None,

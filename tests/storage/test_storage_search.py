@@ -20,7 +20,7 @@ def at_cosine(query: np.ndarray, cosine: float, seed: int) -> np.ndarray:
 @pytest.fixture
 def store(tmp_path) -> IndexStore:
     """400 images of 5 regions from clustered embeddings (enough rows to train a small index)."""
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     store.commit(*index_rows(clustered_embeddings(2000, DIM, cluster_size=20), regions_per_image=5))
     return store
 
@@ -42,7 +42,7 @@ def test_planted_region_comes_first_with_that_region(store):
 
 
 def test_an_image_scores_by_its_best_region(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     query = unit(np.arange(1, DIM + 1, dtype=np.float32))
     cosines = {0: [0.5, 0.9, 0.1], 1: [0.8, 0.7], 2: [0.85]}
     images = [image_row(n, query) for n in cosines]
@@ -71,7 +71,7 @@ def test_filters_on_area_and_image_ids(store):
 
 
 def test_widens_when_the_nearest_regions_crowd_into_few_images(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     query = unit(np.ones(DIM, dtype=np.float32))
     crowded = image_row(0, query)
     others = [image_row(n, query) for n in range(1, 8)]
@@ -144,7 +144,7 @@ def test_a_reader_sees_new_commits_and_new_indexes_within_a_second(store, tmp_pa
     an index built by another store still show in its results within its consistency interval."""
     import time
 
-    reader = IndexStore.open(store.uri, models=None, embed_dim=None, read_only=True)
+    reader = IndexStore.open(store.uri, fingerprint=None, embed_dim=None, read_only=True)
     query = unit(np.arange(1, DIM + 1, dtype=np.float32))
     first = reader.search(query, k=5)
     assert reader.search(query, k=5) == first  # the second answer comes from the caches, unchanged

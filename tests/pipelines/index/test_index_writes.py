@@ -33,7 +33,7 @@ def test_no_region_embedding_reaches_the_driver(tmp_path, ray_local):
     files = _photos(tmp_path / "photos")
     preset = get_preset("tiny")
     dim = embedding_dim(preset.alpha_clip)
-    store = IndexStore.open(str(tmp_path / "db"), models=preset.fingerprint, embed_dim=dim)
+    store = IndexStore.open(str(tmp_path / "db"), fingerprint=preset.fingerprint, embed_dim=dim)
     cluster = ray.cluster_resources()
     settings = settings_for_cluster(index_settings(read_batch_size=1), cluster)
     dataset = index_dataset(store, [(str(path), NO_IDENTITY, NO_IDENTITY) for path in files], [], store.known_ids(),
