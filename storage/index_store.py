@@ -81,7 +81,7 @@ class IndexStore:
                                         f"the index at {uri} lacks its {missing[0]} table; open it once writable "
                                         f"with create=True to finish creating it")
             if not fingerprint or embed_dim is None or embed_dim < 1:
-                raise ValueError(f"creating an index at {uri} needs the models' fingerprint and a positive embed_dim "
+                raise ValueError(f"creating an index at {uri} needs models and a positive embed_dim "
                                  f"(got fingerprint={fingerprint!r}, embed_dim={embed_dim!r})")
             for name in missing:  # regions before images, like every commit
                 opened[name] = _create_table(db, uri, name, fingerprint, embed_dim)
