@@ -20,39 +20,24 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from PIL import Image
 
-from maskdex.jobs.commands.samples import write_samples
+from benchmarks.photo_corpus import photo_variants
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.index.claims import start_claims
 from maskdex.pipelines.index.job import IndexSettings, plan_actors, run_index
 from maskdex.pipelines.index.stages import SKIPPED, EmbedStage, MaskStage, image_row, read_files
-from maskdex.pipelines.common.sources import expand_sources
 from maskdex.storage.digests import DigestSet
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.region_fragments import RegionFragments
 
 
-def _corpus(directory: Path, count: int) -> list[str]:
-    """`count` distinct images: the sample photos turned, mirrored and trimmed (no two share bytes)."""
-    photos = write_samples(directory / "base")
-    for index in range(count):
-        variant = index // len(photos)
-        image = Image.open(photos[index % len(photos)]).rotate(90 * (variant % 4), expand=True)
-        if variant // 4 % 2:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        trim = variant // 8
-        image.crop((trim, trim, image.width - trim, image.height - trim)).save(directory / f"{index:04d}.png")
-    return expand_sources([str(p) for p in sorted(directory.glob("*.png"))]).files
-
-
 def _loop(files: list[str], db: str, settings: IndexSettings) -> float:
     started = time.perf_counter()
     preset = get_preset(settings.models)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     masks = MaskStage(settings.models, None, settings.device, settings.dtype, {}, threads=os.cpu_count() or 1)
     embed = EmbedStage(settings.models, None, settings.device, settings.dtype, settings.context, 64,
-                       threads=os.cpu_count() or 1, regions_uri=store.regions_dataset_uri, models=store.models,
+                       threads=os.cpu_count() or 1, regions_uri=store.regions_dataset_uri, fingerprint=store.fingerprint,
                        claims=start_claims())
     none = DigestSet(32)
     for start in range(0, len(files), settings.read_batch_size):
@@ -76,7 +61,7 @@ def main() -> None:
     settings = IndexSettings(models=args.models, device=args.device, build_index=False)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as scratch:
-        files = _corpus(Path(scratch) / "corpus", args.images)
+        files = photo_variants(Path(scratch) / "corpus", args.images)
         loop_s, pipeline_s = [], []
         for repeat in range(args.repeats):
             loop_s.append(_loop(files, f"{scratch}/loop{repeat}", settings))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import ray
 
-from benchmarks.index_throughput import _corpus
+from benchmarks.photo_corpus import photo_variants
 from maskdex.operators.registry.presets import alpha_clip_encoder, mask_generator
 from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.pipelines.index.reembed import REEMBED_CLIP, run_reembed
@@ -45,7 +45,7 @@ def main() -> None:
     cpus = int(ray.cluster_resources().get("CPU", 0))
     index_s, reembed_s, index_up, reembed_up = [], [], [], []
     with tempfile.TemporaryDirectory() as scratch:
-        files = _corpus(Path(scratch) / "corpus", args.images)
+        files = photo_variants(Path(scratch) / "corpus", args.images)
         for repeat in range(args.repeats):
             old, new = f"{scratch}/index_{repeat}", f"{scratch}/reembed_{repeat}"
             started = time.perf_counter()

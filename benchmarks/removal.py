@@ -49,12 +49,12 @@ def _fractions(text: str) -> list[float]:
 
 def _build(uri: str, images: int, pool: np.ndarray) -> float:
     started = time.perf_counter()
-    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(background_upkeep=False))
     for rows, written in _driver_writes(store, images, REGIONS, pool):
         writer.add(rows, written)
     writer.close()
-    store.maybe_build_index()
+    store.upkeep.maybe_build_index()
     return time.perf_counter() - started
 
 
@@ -102,7 +102,7 @@ def main() -> None:
         uri = os.path.join(args.scratch, "copy")
         shutil.rmtree(uri, ignore_errors=True)
         shutil.copytree(cached, uri)
-        store = IndexStore.open(uri, models=None, embed_dim=None)
+        store = IndexStore.open(uri, fingerprint=None, embed_dim=None)
         before_p50, before_recall = _search(store, queries, args.repeats)
         chosen = rng.choice(args.images, size=round(fraction * args.images), replace=False)
         ids = [image_id(int(number)) for number in chosen]
@@ -110,7 +110,7 @@ def main() -> None:
         report = removal.remove_images(store, ids, tidy=False)
         deletes = time.perf_counter() - started
         started = time.perf_counter()
-        store.tidy(keep_versions_for=tables.KEEP_VERSIONS_FOR)
+        store.upkeep.tidy(keep_versions_for=tables.KEEP_VERSIONS_FOR)
         tidy = time.perf_counter() - started
         after_p50, after_recall = _search(store, queries, args.repeats)
         stats = store.stats()

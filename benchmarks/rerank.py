@@ -37,7 +37,7 @@ def _corpus(root: Path, n: int, side: int, regions: int, dim: int):
 
     names = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "immunohistochemistry", "hubble_deep_field")
     rng = np.random.default_rng(0)
-    store = IndexStore.open(str(root / "db"), models="benchmark", embed_dim=dim)
+    store = IndexStore.open(str(root / "db"), fingerprint="benchmark", embed_dim=dim)
     images, rows = [], []
     for i in range(n):
         image = Image.fromarray(getattr(data, names[i % len(names)])()).convert("RGB")

@@ -5,7 +5,8 @@ short side at patch 16), 21 / 60 / 150 classes, 20 or 100 memory prototypes per 
 has a random direction; a support prototype or a test patch is that direction plus noise, and a
 test image shows six classes. The retrieved set's size |V_r| and the training rows are printed.
 The time splits into retrieval (k-NN search plus building the fused and pseudo rows), training
-(700 full-batch AdamW steps) and prediction (softmax per patch, bilinear upsampling, argmax).
+(700 full-batch AdamW steps) and prediction (softmax per patch, bilinear upsampling, argmax); "total" is
+their sum and "end to end" times one whole rns_segment call on the same image (what a caller pays).
 Training is timed twice on the same rows, interleaved: the plain reference (autograd and
 torch.optim.AdamW, maskdex's implementation before the fast path) and train_heads, with their ratio,
 the time per step, how far apart their probabilities are, and how many pixels of the repeats' label maps
@@ -24,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from maskdex.operators.rns.method import RNSSettings, prepare_training
+from maskdex.operators.rns.method import RNSSettings, prepare_training, rns_segment
 from maskdex.operators.rns.memory import SupportMemory
 from maskdex.operators.rns.train import head_probabilities, reference_train_heads, stack_training_sets, train_heads
 from maskdex.operators.rns.units import patch_units
@@ -73,7 +74,7 @@ def _train(train, batch, settings: RNSSettings, seeds):
 def measure(n_classes: int, shots: int, repeats: int, device: torch.device, batch: int,
             settings: RNSSettings) -> dict:
     """Medians over repeats; the reference (old) and the fast (new) training run interleaved on the same rows."""
-    times = {"retrieval": [], "old": [], "new": [], "prediction": [], "batched": []}
+    times = {"retrieval": [], "old": [], "new": [], "prediction": [], "end to end": [], "batched": []}
     worst, differing = 0.0, 0
     for repeat in range(repeats):
         units, memory, text = synthetic_problem(n_classes, shots, repeat, device)
@@ -94,6 +95,10 @@ def measure(n_classes: int, shots: int, repeats: int, device: torch.device, batc
         units.labels(probabilities)
         _synchronise(device)
         times["prediction"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        rns_segment(units, memory, text, settings, seed=repeat)
+        _synchronise(device)
+        times["end to end"].append(time.perf_counter() - start)
         old = head_probabilities(heads["old"][0][0], heads["old"][1][0], units.features)
         worst = max(worst, (old - probabilities).abs().max().item())
         differing += int((units.labels(old) != units.labels(probabilities)).sum())
@@ -131,7 +136,7 @@ def main() -> None:
           f"old = reference_train_heads (autograd + torch.optim.AdamW), new = train_heads, interleaved; "
           f"max |dp| = largest difference of their per-patch probabilities")
     header = f"{'classes':>7} {'shots':>5} {'memory':>6} {'|V_r|':>6} {'rows':>5} {'retrieval':>9} " \
-             f"{'train old':>9} {'train new':>9} {'new/old':>7} {'us/step':>7} {'prediction':>10} {'total':>7} " \
+             f"{'train old':>9} {'train new':>9} {'new/old':>7} {'us/step':>7} {'prediction':>10} {'total':>7} {'end to end':>10} " \
              f"{'max |dp|':>8} {'px differ':>9}"
     if args.batch > 1:
         header += f" {'train new, batch of ' + str(args.batch):>23}"
@@ -142,7 +147,7 @@ def main() -> None:
         per_step = 1000 * row["new"] / max(settings.steps, 1)
         line = (f"{row['classes']:>7} {shots:>5} {row['memory']:>6} {row['retrieved']:>6} {row['rows']:>5} "
                 f"{row['retrieval']:>9.1f} {row['old']:>9.1f} {row['new']:>9.1f} {row['new'] / row['old']:>7.2f} "
-                f"{per_step:>7.0f} {row['prediction']:>10.1f} {total:>7.1f} {row['worst']:>8.1e} "
+                f"{per_step:>7.0f} {row['prediction']:>10.1f} {total:>7.1f} {row['end to end']:>10.1f} {row['worst']:>8.1e} "
                 f"{row['differing']:>9}")
         if args.batch > 1:
             line += f" {row['batched']:>23.1f}"

@@ -49,12 +49,12 @@ def build_table(uri: str, rows: int, dim: int, cluster_size: int, *, models: str
         return 0.0
     shutil.rmtree(uri, ignore_errors=True)
     started = time.perf_counter()
-    store = IndexStore.open(uri, models=models, embed_dim=dim)
+    store = IndexStore.open(uri, fingerprint=models, embed_dim=dim)
     embeddings = clustered_embeddings(rows, dim, cluster_size=cluster_size)
     for start in range(0, rows, COMMIT_ROWS):
         store.commit(*index_rows(embeddings[start:start + COMMIT_ROWS], REGIONS_PER_IMAGE,
                                  first_image=start // REGIONS_PER_IMAGE))
-    store.build_index(force=False)  # compacts; at these sizes builds the default index too
+    store.upkeep.build_index(force=False)  # compacts; at these sizes builds the default index too
     (Path(uri) / _COMPLETE).write_text(f"{rows} {dim} {cluster_size}\n")
     return time.perf_counter() - started
 

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from PIL import Image
 
-from maskdex.jobs.commands.samples import write_samples
+from benchmarks.photo_corpus import photo_variants
 from maskdex.operators.registry.presets import embedding_dim, get_preset
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.fewshot.segment_index import (
@@ -45,26 +44,12 @@ from maskdex.pipelines.fewshot.segment_index import (
     segment_rows,
     segmentation_key,
 )
-from maskdex.pipelines.fewshot.segment_job import SegmentRequest
+from maskdex.pipelines.fewshot.request import MODES, SegmentSpec
 from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
 from maskdex.pipelines.index.job import IndexSettings, run_index
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.segmentation_store import SegmentationStore
 from tests.support.synthetic import add_scenes
-
-
-def _corpus(directory: Path, count: int) -> list[str]:
-    photos = write_samples(directory / "base")
-    for index in range(count):
-        variant = index // len(photos)
-        image = Image.open(photos[index % len(photos)]).rotate(90 * (variant % 4), expand=True)
-        if variant // 4 % 2:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if variant >= 8:  # past the 8 turns and mirrors, trim columns so that every image stays distinct
-            image = image.crop((variant // 8, 0, image.width, image.height))
-        image.thumbnail((320, 320))
-        image.convert("RGB").save(directory / f"{index:04d}.png")
-    return [str(path) for path in sorted(directory.glob("*.png"))]
 
 
 def _register(files: list[str], db: str, models: str) -> None:
@@ -73,7 +58,7 @@ def _register(files: list[str], db: str, models: str) -> None:
     images through SAM 2 would take most of an hour on a small CPU machine."""
     preset = get_preset(models)
     dim = embedding_dim(preset.alpha_clip)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=dim)
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=dim)
     rng = np.random.default_rng(0)
     rows = []
     for path in files:
@@ -84,14 +69,14 @@ def _register(files: list[str], db: str, models: str) -> None:
     store.commit(rows, [])
 
 
-def _loop(db: str, request: SegmentRequest, settings: SegmentIndexSettings, *, batched: bool,
+def _loop(db: str, spec: SegmentSpec, settings: SegmentIndexSettings, *, batched: bool,
           limit: int | None = None) -> float:
     started = time.perf_counter()
     torch_threads(os.cpu_count() or 1)
-    key = segmentation_key(db, request, settings.segment)
-    request = replace(request, classes=key.classes)
+    key = segmentation_key(db, spec, settings.segment)
+    spec = replace(spec, classes=key.classes)
     items = [{"image_id": image_id, "uri": uri}
-             for image_id, uri in sorted(IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+             for image_id, uri in sorted(IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
                                          .image_uris().items())][:limit]
     store = SegmentationStore.open(db)
     segmenter = Segmenter(db, settings.segment)
@@ -100,11 +85,11 @@ def _loop(db: str, request: SegmentRequest, settings: SegmentIndexSettings, *, b
     for start in range(0, len(items), size):
         chunk = items[start:start + size]
         if batched:
-            rows += segment_rows(segmenter, chunk, request)
+            rows += segment_rows(segmenter, chunk, spec)
         else:
             item = chunk[0]
-            rows.append(ok_row(item, segmenter.segment(item["uri"], request.set_name, request.class_list,
-                                                       mode=request.mode, seed=request.seed,
+            rows.append(ok_row(item, segmenter.segment(item["uri"], spec.set_name, spec.class_list,
+                                                       mode=spec.mode, seed=spec.seed,
                                                        image_id=item["image_id"])))
         if len(rows) >= settings.commit_every:
             store.commit(key, rows)
@@ -127,7 +112,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="tiny")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--mode", default="patch", choices=("patch", "region"))
+    parser.add_argument("--mode", default=MODES[0], choices=MODES)
     parser.add_argument("--batch-size", type=int, default=SegmentIndexSettings().actors.batch_size)
     parser.add_argument("--runs", type=_runs, default=RUNS,
                         help=f"which of {','.join(RUNS)} to time (the ratios need loop and job, or loop and single)")
@@ -146,7 +131,7 @@ def main() -> None:
         SegmentIndexSettings().actors, max_actors=actors, batch_size=args.batch_size,
         num_gpus=1.0 if gpus else 0.0))
     with tempfile.TemporaryDirectory() as scratch:
-        files = _corpus(Path(scratch) / "corpus", args.images)
+        files = photo_variants(Path(scratch) / "corpus", args.images, max_side=320)
         db = f"{scratch}/db"
         if args.mode == "patch" and not args.index_with_models:
             _register(files, db, args.models)
@@ -156,21 +141,21 @@ def main() -> None:
         add_scenes(Segmenter(db, segment, create=True), "scenes", per_class=2, seed=0)
         # Untimed: the first segmentation in a process pays one-time costs (lazy imports, allocator
         # growth, the page cache) that measured up to 10x a warm loop and would land on whichever run came first.
-        _loop(db, SegmentRequest("scenes", mode=args.mode, seed=10_000), settings, batched=True,
+        _loop(db, SegmentSpec("scenes", mode=args.mode, seed=10_000), settings, batched=True,
               limit=4 * args.batch_size)
         times: dict[str, list[float]] = {run: [] for run in args.runs}
         startup_s = []
         for repeat in range(args.repeats):
-            def request(run: int) -> SegmentRequest:
-                return SegmentRequest("scenes", mode=args.mode, seed=3 * repeat + run)
+            def spec(run: int) -> SegmentSpec:
+                return SegmentSpec("scenes", mode=args.mode, seed=3 * repeat + run)
 
             if "loop" in times:
-                times["loop"].append(_loop(db, request(0), settings, batched=True))
+                times["loop"].append(_loop(db, spec(0), settings, batched=True))
             if "single" in times:
-                times["single"].append(_loop(db, request(1), settings, batched=False))
+                times["single"].append(_loop(db, spec(1), settings, batched=False))
             if "job" in times:
                 started = time.perf_counter()
-                summary = run_segment_index(db, request(2), Selection(), settings)
+                summary = run_segment_index(db, spec(2), Selection(), settings)
                 times["job"].append(time.perf_counter() - started)
                 startup_s.append(summary.startup_seconds)
                 assert summary.ok == len(files), summary.render()

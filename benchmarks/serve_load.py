@@ -253,8 +253,8 @@ def _measure(args) -> list[tuple]:
         if args.synthetic_rows:
             from maskdex.storage import IndexStore
 
-            built = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
-            searched = _synthetic_index(args.cache, args.synthetic_rows, built.models, built.embed_dim)
+            built = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
+            searched = _synthetic_index(args.cache, args.synthetic_rows, built.fingerprint, built.embed_dim)
         config = parse_config({"maskdex": {"db": searched, "preset": "tiny", "device": "cpu", "rns_steps": args.rns_steps},
                                "deployments": {"Api": {"num_replicas": args.api_replicas}}})
         url = start(config, host="127.0.0.1", port=_free_port())

@@ -14,7 +14,7 @@
    images, nothing compacted) for --baseline-images. For each tenth of a run: images committed
    per second, and the p50 of a few searches issued from a second, read-only store during that
    tenth (their time is not counted as write time). Then search p50 after the run and the job's
-   closing upkeep (IndexStore.maybe_build_index: a retraining to sqrt(rows) partitions when due).
+   closing upkeep (IndexUpkeep.maybe_build_index: a retraining to sqrt(rows) partitions when due).
    --run-partitions runs the fragment path once per value of CommitPolicy.run_partitions, the most
    partitions a training during the run gets (0: sqrt(rows), as after the run), in that order.
 2. Resume: a folder of --resume-images tiny files, all recorded as indexed, run through run_index
@@ -124,8 +124,8 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     A tenth's rate is a tenth of the images over the write time between the moments the committed
     count passed the tenth's bounds (interpolated within a commit that spans a bound; search time
     is left out). Searches run from a second store each time the committed count passes a bound."""
-    store = IndexStore.open(uri, models=MODELS, embed_dim=pool.shape[1])
-    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=pool.shape[1])
+    reader = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     writer = None if path == "baseline" else IndexWriter(store, policy)
     tenth = images / 10
     events = [(0.0, 0)]  # (write seconds so far, images committed so far)
@@ -168,7 +168,7 @@ def _write_run(uri: str, images: int, n_regions: int, pool: np.ndarray, queries:
     final_upkeep = time.perf_counter()
     # What run_index does after the run: new rows folded in, and a retraining when the run's capped
     # partitions are too few for the table (the baseline gets the same, so "after" compares alike).
-    upkeep = store.maybe_build_index() or {"vector_index": "none (too few rows)"}
+    upkeep = store.upkeep.maybe_build_index() or {"vector_index": "none (too few rows)"}
     final_upkeep = time.perf_counter() - final_upkeep
     seconds, counts_ = zip(*events)
     bounds = np.interp([tenth * k for k in range(11)], counts_, seconds)
@@ -211,7 +211,7 @@ def _resume(scratch: str, n_files: int) -> tuple[dict[str, float], float, float,
         (folder / f"{number:06d}.jpg").write_bytes(number.to_bytes(4, "little") * 8)
     preset = get_preset("tiny")
     db = f"{scratch}/resume_db"
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     files = sorted(folder.iterdir())
     rows = []
     for number, path in enumerate(files):  # recorded as a finished run would have
@@ -219,7 +219,7 @@ def _resume(scratch: str, n_files: int) -> tuple[dict[str, float], float, float,
         rows.append({"image_id": image_id(number), "uri": str(path), "status": "failed", "error": "synthetic",
                      "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns})
     store.commit(rows, [])
-    store.compact()
+    store.upkeep.tidy()
     settings = IndexSettings(models="tiny", build_index=False)
     listings = {"os.scandir, names only": lambda: [entry.path for entry in os.scandir(folder)],
                 "os.walk + os.stat (ls -lR)": lambda: [os.stat(os.path.join(root, name))
@@ -269,7 +269,7 @@ def main() -> None:
         if args.images:
             ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
             # Started and imported before the clock runs, as a job's actors are before results flow.
-            warm = IndexStore.open(f"{scratch}/warm", models=MODELS, embed_dim=pool.shape[1])
+            warm = IndexStore.open(f"{scratch}/warm", fingerprint=MODELS, embed_dim=pool.shape[1])
             ray.get([_write_block.remote(warm.regions_dataset_uri, 0, BLOCK, args.regions, pool)
                      for _ in range(2 * args.workers)])
             for cap in args.run_partitions:

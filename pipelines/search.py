@@ -76,9 +76,9 @@ class TextSearcher:
     once. Searches by text, by example or both (see the module's docstring)."""
 
     def __init__(self, db: str, *, weights: str | None = None, device: str = "auto"):
-        self.store = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+        self.store = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
         try:
-            preset = preset_from_fingerprint(self.store.models)
+            preset = preset_from_fingerprint(self.store.fingerprint)
         except ValueError as error:
             raise ValueError(f"database {db}: {error}") from error
         self.encoder = alpha_clip_encoder(preset, weights=weights, device=device, dtype=_INDEXED.dtype,

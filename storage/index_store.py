@@ -6,14 +6,16 @@ open deletes them, search never returns them, and the re-run writes them again.
 
 Region rows reach the regions table one way: as Lance fragments (storage/region_fragments.py), written
 by the index job's workers, or here for rows handed to commit, and appended by their metadata.
+The tables' upkeep (compaction, the vector index's training, its search settings) is IndexStore.upkeep,
+storage/index_upkeep.py.
 """
 
 from __future__ import annotations
 
 import os
 
-from collections.abc import Collection, Iterable
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import datetime, timezone
 
 import lance
 import numpy as np
@@ -23,6 +25,7 @@ import pyarrow.compute as pc
 from maskdex.storage import rows, schemas, tables, vector_index
 from maskdex.storage.region_fragments import RegionFragments, RegionFragmentWriter
 from maskdex.storage.digests import DigestSet, image_key, image_keys, source_key
+from maskdex.storage.index_upkeep import IndexUpkeep
 from maskdex.storage import search as region_search
 from maskdex.storage.schemas import IMAGES, REGIONS
 from maskdex.storage.tables import ModelMismatchError, chunks as _chunks, sql_string, sql_strings
@@ -32,9 +35,6 @@ __all__ = ["IndexStore", "ModelMismatchError", "NotIndexed"]
 LAST_SYNC = "maskdex.last_sync"
 # Ids per `IN (...)` lookup, to keep the SQL short.
 _ID_CHUNK = 1000
-# Rows a merge of small region fragments aims at: the size below which a fragment is merged again,
-# so each row is rewritten about once by merges, whatever the run's length.
-MERGED_ROWS = 65_536
 
 
 class NotIndexed(ValueError):
@@ -46,24 +46,23 @@ class IndexStore:
     database while others write: opening writable deletes regions that have no images row, and
     those include the regions of a commit in flight. Readers pass read_only=True."""
 
-    def __init__(self, uri: str, images, regions, models: str, embed_dim: int, read_only: bool):
+    def __init__(self, uri: str, images, regions, fingerprint: str, embed_dim: int, read_only: bool):
         self.uri = uri
-        self.models = models
+        self.fingerprint = fingerprint  # of the models that built the index (ModelPreset.fingerprint)
         self.embed_dim = embed_dim
         self.read_only = read_only
         self._images = images
         self._regions = regions
-        # Per regions-table version: the vector index's search settings (None: no index).
-        self._search_state: tuple[int, vector_index.SearchSettings | None] | None = None
         self._uris = region_search.UriCache()
+        self.upkeep = IndexUpkeep(self)
 
     @classmethod
-    def open(cls, uri: str, *, models: str | None, embed_dim: int | None, create: bool = True,
+    def open(cls, uri: str, *, fingerprint: str | None, embed_dim: int | None, create: bool = True,
              read_only: bool = False) -> IndexStore:
         """Open the index at a directory or object-store URI, creating it on first use.
 
-        models / embed_dim must match what the index was built with (ModelMismatchError names
-        both); None accepts whatever it was built with. Creating requires both. read_only never
+        fingerprint (of the models, ModelPreset.fingerprint) / embed_dim must match what the index was
+        built with (ModelMismatchError names both); None accepts whatever it was built with. Creating requires both. read_only never
         creates, never deletes, and refuses writes.
         """
         if (read_only or not create) and "://" not in uri and not os.path.isdir(uri):
@@ -73,20 +72,20 @@ class IndexStore:
         opened = {name: db.open_table(name) for name in (REGIONS, IMAGES) if name in db}
         recorded = _recorded_build(uri, opened)
         if recorded is not None:
-            _check_same_build(uri, recorded, models, embed_dim)
-            models, embed_dim = recorded
+            _check_same_build(uri, recorded, fingerprint, embed_dim)
+            fingerprint, embed_dim = recorded
         missing = [name for name in (REGIONS, IMAGES) if name not in opened]
         if missing:
             if read_only or not create:
                 raise FileNotFoundError(f"no maskdex index at {uri}" if len(missing) == 2 else
                                         f"the index at {uri} lacks its {missing[0]} table; open it once writable "
                                         f"with create=True to finish creating it")
-            if not models or embed_dim is None or embed_dim < 1:
+            if not fingerprint or embed_dim is None or embed_dim < 1:
                 raise ValueError(f"creating an index at {uri} needs models and a positive embed_dim "
-                                 f"(got models={models!r}, embed_dim={embed_dim!r})")
+                                 f"(got fingerprint={fingerprint!r}, embed_dim={embed_dim!r})")
             for name in missing:  # regions before images, like every commit
-                opened[name] = _create_table(db, uri, name, models, embed_dim)
-        store = cls(uri, opened[IMAGES], opened[REGIONS], models, embed_dim, read_only)
+                opened[name] = _create_table(db, uri, name, fingerprint, embed_dim)
+        store = cls(uri, opened[IMAGES], opened[REGIONS], fingerprint, embed_dim, read_only)
         if not read_only:
             store._add_missing_columns()
             store._drop_orphan_regions()
@@ -97,7 +96,7 @@ class IndexStore:
     def drop_if_empty(self) -> bool:
         """Drop the index's tables, and its folder when nothing else is in it, if no image was ever
         committed to it: what a first run that failed early leaves would otherwise be an empty index."""
-        self._require_writable("drop_if_empty")
+        self.require_writable("drop_if_empty")
         if self._images.count_rows() or self._regions.count_rows():
             return False
         db = tables.connect(self.uri)
@@ -151,7 +150,7 @@ class IndexStore:
     def record_finished_shards(self, shards: list[tuple[str, int, int, int]]) -> None:
         """Record (uri, size, mtime_ns, samples) of shards whose samples' images rows are all
         committed: call only after that commit, so that a kill between the two re-reads the shard."""
-        self._require_writable("record_finished_shards")
+        self.require_writable("record_finished_shards")
         if not shards:
             return
         db = tables.connect(self.uri)
@@ -165,7 +164,7 @@ class IndexStore:
     def forget_finished_shards(self, shards: list[tuple[str, int, int]] | None = None) -> None:
         """The shards (uri, size, mtime_ns), or every shard when None, are opened again by the next run;
         their samples that still have rows are skipped by key, the others are indexed again."""
-        self._require_writable("forget_finished_shards")
+        self.require_writable("forget_finished_shards")
         db = tables.connect(self.uri)
         if schemas.SHARDS not in db or shards == []:
             return
@@ -198,17 +197,17 @@ class IndexStore:
         known: the caller's DigestSet of stored ids (from known_ids, kept up to date by passing it
         to every commit), which replaces the database lookup: that lookup scans every row not yet
         in the image_id index, a cost that grows with the table during a long run."""
-        self._require_writable("commit")
-        batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.models)
+        self.require_writable("commit")
+        batch = rows.prepare_batch(images, regions, dim=self.embed_dim, models=self.fingerprint)
         batch = batch.without(self._stored(batch.image_ids, known))
         if not batch.images:
             return 0
         # Convert both before writing either, so a conversion error writes nothing.
-        images_table = batch.images_table(self.embed_dim, self.models)
-        regions_table = batch.regions_table(self.embed_dim, self.models)
+        images_table = batch.images_table(self.embed_dim, self.fingerprint)
+        regions_table = batch.regions_table(self.embed_dim, self.fingerprint)
         written = RegionFragments(images=len(batch.images))  # no regions: nothing to append
         if regions_table.num_rows:
-            writer = RegionFragmentWriter(self.regions_dataset_uri, dim=self.embed_dim, models=self.models)
+            writer = RegionFragmentWriter(self.regions_dataset_uri, dim=self.embed_dim, models=self.fingerprint)
             written = writer.write_batch(batch)
         return self._commit(images_table, written, batch.image_ids, known)
 
@@ -217,8 +216,8 @@ class IndexStore:
         n_regions; together they must account for every row of the fragments, so no region is
         committed without its image). An image already stored is skipped when it has no regions and
         refused when it has some, since its regions would be stored twice. Returns images rows written."""
-        self._require_writable("commit")
-        batch = rows.prepare_images(images, dim=self.embed_dim, models=self.models)
+        self.require_writable("commit")
+        batch = rows.prepare_images(images, dim=self.embed_dim, models=self.fingerprint)
         stored = self._stored(batch.image_ids, known)
         twice = [row["image_id"] for row in batch.images if row["image_id"] in stored and row["n_regions"]]
         if twice:
@@ -231,102 +230,12 @@ class IndexStore:
                              f"{written.rows} rows: a region would be committed without its image")
         if not batch.images:
             return 0
-        return self._commit(batch.images_table(self.embed_dim, self.models), written, batch.image_ids, known)
-
-    def compact(self, *, keep_versions_for: timedelta | None = None) -> None:
-        """Merge the small fragments that commits leave, fold new rows into the scalar and vector
-        indexes, and drop versions older than keep_versions_for (None: Lance's default, days)."""
-        self.tidy(keep_versions_for=keep_versions_for)
-
-    # Upkeep during a run: storage/index_writer.py runs tidy and train_vector_index on two threads.
-
-    def tidy(self, *, frozen: Collection[int] = (), keep_versions_for: timedelta | None = None) -> int:
-        """The short upkeep, cheap enough after every few commits: merge the regions table's small
-        fragments (one per worker write) into fragments of up to MERGED_ROWS rows, leaving larger
-        ones alone (compact rewrites up to a million rows), compact the images table, drop versions
-        older than keep_versions_for (None: Lance's default, days) and, with nothing frozen, fold new
-        rows into the indexes, which bounds the unindexed rows every search scans flat.
-
-        frozen: the fragment ids a vector index training in flight reads. Rewriting one, or folding
-        rows into the index meanwhile, would make its commit fail (Lance: "preempted by concurrent
-        transaction Rewrite / CreateIndex"); dropping old versions does not. Returns the regions
-        fragments removed."""
-        self._require_writable("tidy")
-        dataset = lance.dataset(self.regions_dataset_uri)
-        options = {"target_rows_per_fragment": MERGED_ROWS}
-        if frozen:
-            options["excluded_fragment_ids"] = sorted(frozen)
-        stats = dataset.optimize.compact_files(**options)
-        dataset = lance.dataset(self.regions_dataset_uri)
-        if not frozen:
-            _fold_new_rows(dataset)
-        dataset.cleanup_old_versions(older_than=keep_versions_for)
-        self._images.optimize(cleanup_older_than=keep_versions_for)
-        return stats.fragments_removed - stats.fragments_added
-
-    def regions_snapshot(self):
-        """The regions table's Lance dataset pinned at its latest version: what a training reads."""
-        return lance.dataset(self.regions_dataset_uri)
-
-    def vector_index_due(self, snapshot=None, *, growth: float = vector_index.RETRAIN_GROWTH,
-                         max_partitions: int | None = None) -> bool:
-        """Whether a vector index should be trained: none yet and MIN_ROWS regions, or the table
-        has outgrown the index by `growth` (VectorIndexParams.outgrown); max_partitions caps what a
-        training now would get (a run's trainings), None leaves it sqrt(rows)."""
-        rows = (snapshot if snapshot is not None else self.regions_snapshot()).count_rows()
-        if vector_index.find_vector_index(self._regions) is None:
-            return rows >= vector_index.MIN_ROWS
-        return self._vector_params().outgrown(rows, self.embed_dim, growth, max_partitions)
-
-    def train_vector_index(self, snapshot, *, max_partitions: int | None = None) -> dict:
-        """Train (or retrain) the vector index on a snapshot without compacting first, so commits
-        and tidy (off the snapshot's fragments) go on meanwhile; with at most max_partitions
-        partitions (a run's trainings: vector_index.RUN_PARTITIONS). Returns build_index's report."""
-        self._require_writable("train_vector_index")
-        rows = snapshot.count_rows()  # before: the commit moves the snapshot to the new version
-        params = vector_index.VectorIndexParams.for_table(rows, self.embed_dim, max_partitions=max_partitions)
-        vector_index.build_vector_index(self._regions, self.embed_dim, params=params, snapshot=snapshot)
-        return {"regions": rows, "vector_index": "built", **params.describe()}
+        return self._commit(batch.images_table(self.embed_dim, self.fingerprint), written, batch.image_ids, known)
 
     def forget_failed(self) -> int:
         """Delete the images rows with status 'failed', so that a re-run retries them."""
-        self._require_writable("forget_failed")
+        self.require_writable("forget_failed")
         return self._images.delete("status = 'failed'").num_deleted_rows
-
-    # Indexes
-
-    def build_index(self, *, force: bool = False, keep_versions_for: timedelta | None = None) -> dict:
-        """Scalar indexes, and the IVF_PQ index on regions.embedding once there are
-        vector_index.MIN_ROWS regions (any number from 256 with force). An existing vector index
-        is refreshed with optimize(), or retrained when the table has outgrown it (vector_index_due:
-        after a run whose trainings were capped, or one killed before its closing upkeep) or with
-        force. Returns what was done."""
-        self._require_writable("build_index")
-        # Compaction first, so the vector index trains on few large fragments.
-        self.tidy(keep_versions_for=keep_versions_for)
-        report = {"regions": self._regions.count_rows(),
-                  "scalar_indexes": (vector_index.ensure_scalar_indexes(self._images, IMAGES)
-                                     + vector_index.ensure_scalar_indexes(self._regions, REGIONS))}
-        indexed = vector_index.find_vector_index(self._regions) is not None
-        if indexed and not (force or self.vector_index_due()):
-            return {**report, "vector_index": "refreshed", **self._vector_params().describe()}
-        if not indexed and report["regions"] < vector_index.MIN_ROWS and not force:
-            return {**report, "vector_index": "skipped",
-                    "reason": f"{report['regions']} regions is below {vector_index.MIN_ROWS}, where exact search is "
-                              f"fast; force=True builds one anyway"}
-        params = vector_index.build_vector_index(self._regions, self.embed_dim)
-        return {**report, "vector_index": "built", **params.describe()}
-
-    def maybe_build_index(self, *, keep_versions_for: timedelta | None = None) -> dict | None:
-        """During and after an index run: build the vector index once the table is large enough,
-        retrain it when the table has outgrown what it was trained on, refresh it otherwise.
-        Compacts the tables in any case; returns build_index's report, or None when no vector
-        index is due."""
-        self._require_writable("maybe_build_index")
-        if vector_index.find_vector_index(self._regions) is None and self._regions.count_rows() < vector_index.MIN_ROWS:
-            self.tidy(keep_versions_for=keep_versions_for)
-            return None
-        return self.build_index(keep_versions_for=keep_versions_for)
 
     # Reading
 
@@ -346,7 +255,7 @@ class IndexStore:
         if filters and filters.get("image_ids") is not None and not list(filters["image_ids"]):
             return []
         version = self._regions.version  # one round trip serves the settings and the snapshot
-        settings = None if exact else self._search_settings(version)
+        settings = None if exact else self.upkeep.search_settings(version)
         return region_search.search_images(self._regions, self._images, query, k=k, oversample=oversample,
                                            where=where, settings=settings, uris=self._uris, version=version)
 
@@ -362,7 +271,7 @@ class IndexStore:
         """
         image_id, _, number = str(like).strip().partition(":")
         row = self.image(image_id) if image_id else None
-        if row is None or row["status"] != "ok":
+        if row is None or row["status"] != schemas.OK:
             raise NotIndexed(f"no image {image_id or '(empty id)'} in the index" if row is None else
                              f"image {image_id} failed to index, so it has no embedding")
         if not number:
@@ -410,14 +319,14 @@ class IndexStore:
         return {
             **self.storage_stats(),
             "uri": self.uri,
-            "models": self.models,
+            "models": self.fingerprint,
             "embed_dim": self.embed_dim,
             "images_ok": images_ok,
             "images_failed": self._images.count_rows() - images_ok,
             "regions": regions,
             "indexed": index is not None,
             "unindexed_rows": regions if index is None else index.num_unindexed_rows,
-            "vector_index": None if index is None else self._vector_params(index).describe(),
+            "vector_index": None if index is None else self.upkeep.vector_params(index).describe(),
             # Removed rows still in the data files (storage/removal.py), and what the last sync did.
             "deleted_rows": {IMAGES: tables.deleted_rows(self._images), REGIONS: tables.deleted_rows(self._regions)},
             "last_sync": tables.read_note(self._images, LAST_SYNC),
@@ -443,25 +352,6 @@ class IndexStore:
                    if name not in self._images.schema.names}
         if missing:
             self._images.add_columns(missing)
-
-    def _search_settings(self, version: int) -> vector_index.SearchSettings | None:
-        # Listing the indexes and reading the recorded parameters are two round trips; the table
-        # version is one, and they change only with it.
-        state = self._search_state
-        if state is None or state[0] != version:
-            index = vector_index.find_vector_index(self._regions)
-            state = (version, None if index is None else self._vector_params(index).search_settings())
-            self._search_state = state
-        return state[1]
-
-    def _vector_params(self, index=None) -> vector_index.VectorIndexParams:
-        # An index built by hand (or before its record was written) gets the parameters that
-        # build_index would have chosen for the rows it covers.
-        recorded = vector_index.VectorIndexParams.recorded(self._regions)
-        if recorded is not None:
-            return recorded
-        index = index or vector_index.find_vector_index(self._regions)
-        return vector_index.VectorIndexParams.for_table(index.num_indexed_rows or 0, self.embed_dim)
 
     def _stored(self, image_ids: list[str], known: DigestSet | None) -> set[str]:
         if known is None:
@@ -507,7 +397,8 @@ class IndexStore:
             raise ValueError("query must be finite and non-zero")
         return vector
 
-    def _require_writable(self, action: str) -> None:
+    def require_writable(self, action: str) -> None:
+        """A ValueError naming the action unless the store was opened writable."""
         if self.read_only:
             raise ValueError(f"cannot {action}: the index at {self.uri} was opened read_only")
 
@@ -515,8 +406,8 @@ class IndexStore:
     _where = staticmethod(tables.select)
 
 
-def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
-    schema = (schemas.regions_schema if name == REGIONS else schemas.images_schema)(embed_dim, models)
+def _create_table(db, uri: str, name: str, fingerprint: str, embed_dim: int):
+    schema = (schemas.regions_schema if name == REGIONS else schemas.images_schema)(embed_dim, fingerprint)
     try:
         table = db.create_table(name, schema=schema, exist_ok=True)
     except ValueError:
@@ -524,7 +415,7 @@ def _create_table(db, uri: str, name: str, models: str, embed_dim: int):
             raise
         # Created meanwhile by another process, with a different schema: say how it differs.
         table = db.open_table(name)
-        _check_same_build(uri, _recorded_build(uri, {name: table}), models, embed_dim)
+        _check_same_build(uri, _recorded_build(uri, {name: table}), fingerprint, embed_dim)
         raise
     vector_index.ensure_scalar_indexes(table, name)
     return table
@@ -537,30 +428,16 @@ def _recorded_build(uri: str, opened: dict) -> tuple[str, int] | None:
     return next(iter(builds.values()), None)
 
 
-def _check_same_build(uri: str, recorded: tuple[str, int] | None, models: str | None, embed_dim: int | None) -> None:
+def _check_same_build(uri: str, recorded: tuple[str, int] | None, fingerprint: str | None, embed_dim: int | None) -> None:
     if recorded is None:
         return
     recorded_models, recorded_dim = recorded
-    if models is not None and models != recorded_models:
-        raise ModelMismatchError(f"the index at {uri} was built with models {recorded_models!r}, not {models!r}; "
+    if fingerprint is not None and fingerprint != recorded_models:
+        raise ModelMismatchError(f"the index at {uri} was built with models {recorded_models!r}, not {fingerprint!r}; "
                                  f"use that preset, or another index location")
     if embed_dim is not None and embed_dim != recorded_dim:
         raise ModelMismatchError(f"the index at {uri} holds {recorded_dim}-dimensional embeddings, not {embed_dim} "
                                  f"(models {recorded_models!r})")
-
-
-def _fold_new_rows(dataset) -> None:
-    """Index the regions no index covers yet. New rows go into a new segment of the vector index
-    (Lance's default merges them into the previous segment, rewriting it: 24 s against 2 s for 32k new
-    rows beside 500k indexed, on 2 cores); once there are MAX_INDEX_SEGMENTS, the segments since the
-    training merge into one, so queries never search more than that many."""
-    for index in dataset.describe_indices():
-        if index.name == vector_index.VECTOR_INDEX_NAME:
-            count = len(index.segments)
-            merge = count - 1 if count >= vector_index.MAX_INDEX_SEGMENTS else 0
-            dataset.optimize.optimize_indices(index_names=[index.name], num_indices_to_merge=merge)
-        else:
-            dataset.optimize.optimize_indices(index_names=[index.name])
 
 
 def _region_number(row: dict) -> int:

@@ -14,10 +14,10 @@ report, so no region embedding passes through it.
 Upkeep keeps the fragment count, and with it commit cost and search latency, flat while a run goes
 on. It runs on two background threads beside the commits (Lance rebases an append onto whatever
 committed meanwhile), because its two parts differ in cost by orders of magnitude:
-- tidy (IndexStore.tidy), every `compact_every` commits, `upkeep_rows` region rows or
+- tidy (IndexUpkeep.tidy, storage/index_upkeep.py), every `compact_every` commits, `upkeep_rows` region rows or
   `merge_fragments` worker writes: merge small fragments, fold new rows into the indexes (which
   bounds the rows a search scans flat), drop old versions. Seconds.
-- training (IndexStore.train_vector_index), when the table reaches MIN_ROWS and each time it
+- training (IndexUpkeep.train_vector_index), when the table reaches MIN_ROWS and each time it
   outgrows `retrain_growth` times what the index was trained on, with at most `run_partitions`
   partitions so that folds stay cheap. Minutes at millions of rows.
 A training reads a snapshot; a merge that rewrote one of its fragments, or rows folded into the old
@@ -181,7 +181,7 @@ class IndexWriter:
     def _run_tidy(self) -> None:
         started = time.monotonic()
         with self._snapshot_lock:
-            self.store.tidy(frozen=self._frozen, keep_versions_for=KEEP_VERSIONS_FOR)
+            self.store.upkeep.tidy(frozen=self._frozen, keep_versions_for=KEEP_VERSIONS_FOR)
         self.tidy_seconds += time.monotonic() - started
         self.tidies += 1
         if self._tidy.background:
@@ -190,14 +190,14 @@ class IndexWriter:
 
     def _run_training(self) -> None:
         with self._snapshot_lock:
-            snapshot = self.store.regions_snapshot()
-            if not self.store.vector_index_due(snapshot, growth=self.policy.retrain_growth,
+            snapshot = self.store.upkeep.regions_snapshot()
+            if not self.store.upkeep.vector_index_due(snapshot, growth=self.policy.retrain_growth,
                                                max_partitions=self.policy.run_partitions):
                 return
             self._frozen = frozenset(fragment.fragment_id for fragment in snapshot.get_fragments())
         started = time.monotonic()
         try:
-            report = self.store.train_vector_index(snapshot, max_partitions=self.policy.run_partitions)
+            report = self.store.upkeep.train_vector_index(snapshot, max_partitions=self.policy.run_partitions)
             self.index_reports.append(report)
         finally:
             with self._snapshot_lock:

@@ -7,7 +7,7 @@ write bandwidth grows with the workers.
 
 A written fragment is invisible until committed. The files of a write that is never committed
 (a killed run, a retried Ray task whose first attempt wrote) are garbage only: no manifest names
-them, and Lance's cleanup (run by every compaction, IndexStore.compact) deletes them once they are
+them, and Lance's cleanup (run by every compaction, IndexUpkeep.tidy) deletes them once they are
 7 days old; younger unreferenced files may belong to a write still in flight, so Lance keeps them.
 """
 

@@ -149,7 +149,7 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
     # list a removed file again, and indexes what the source still holds.
     store.forget_finished_shards(containers)
     if tidy and ordered:
-        store.tidy(keep_versions_for=KEEP_VERSIONS_FOR)
+        store.upkeep.tidy(keep_versions_for=KEEP_VERSIONS_FOR)
         if segmentations is not None and report.segmentations:
             segmentations.tidy()
     report.seconds = time.perf_counter() - started

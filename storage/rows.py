@@ -104,7 +104,7 @@ def _finish_images(kept_images: dict[str, dict], counts: Mapping[str, int], mode
     image_rows = []
     for image_id, row in kept_images.items():
         n_regions = counts.get(image_id, 0)
-        if row["status"] == "failed" and n_regions:
+        if row["status"] == schemas.FAILED and n_regions:
             raise ValueError(f"image {image_id} has status 'failed' but {n_regions} regions")
         image_rows.append({**row, "n_regions": n_regions, "models": models,
                            "indexed_at": row.get("indexed_at") or indexed_at})
@@ -117,7 +117,7 @@ def _check_image(index: int, row: dict, models: str) -> None:
     status = row["status"]
     if status not in schemas.STATUSES:
         raise ValueError(f"{where}: status must be one of {schemas.STATUSES}, got {status!r}")
-    if status == "ok":
+    if status == schemas.OK:
         _require(row, OK_IMAGE_FIELDS, where)
         if row.get("error") is not None:
             raise ValueError(f"{where}: status 'ok' with an error ({row['error']!r})")

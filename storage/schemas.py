@@ -26,7 +26,9 @@ RLE_TYPE = pa.struct([pa.field("size", pa.list_(pa.int32())), pa.field("counts",
 BBOX_TYPE = pa.list_(pa.int32(), 4)
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
-STATUSES = ("ok", "failed")
+# What an image row, a segmentation row or a job's unit of work ended as; the one spelling of each.
+OK, FAILED = "ok", "failed"
+STATUSES = (OK, FAILED)
 
 
 def embedding_type(dim: int) -> pa.DataType:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 from lancedb.index import BTree
 
-from maskdex.storage.schemas import SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
+from maskdex.storage.schemas import FAILED, SEGMENTATIONS, STATUSES, TABLE_KEY, segmentations_schema
 from maskdex.storage.tables import KEEP_VERSIONS_FOR, chunks, connect, select, sql_string, sql_strings
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class SegmentationKey:
     set_name: str
     classes: tuple[str, ...]  # the label ids' classes, in order (resolved: never "all of the set")
     mode: str
-    models: str
+    fingerprint: str  # of the models (ModelPreset.fingerprint), the table's `models` column
     shots_only: bool = False
     seed: int = 0
 
@@ -57,12 +57,12 @@ class SegmentationKey:
 
     def where(self) -> str:
         return " AND ".join([f"set_name = {sql_string(self.set_name)}", f"class_key = {sql_string(self.class_key)}",
-                             f"mode = {sql_string(self.mode)}", f"models = {sql_string(self.models)}",
+                             f"mode = {sql_string(self.mode)}", f"models = {sql_string(self.fingerprint)}",
                              f"shots_only = {'true' if self.shots_only else 'false'}", f"seed = {int(self.seed)}"])
 
     def columns(self) -> dict:
         return {"set_name": self.set_name, "classes": list(self.classes), "class_key": self.class_key,
-                "mode": self.mode, "models": self.models, "shots_only": bool(self.shots_only), "seed": int(self.seed)}
+                "mode": self.mode, "models": self.fingerprint, "shots_only": bool(self.shots_only), "seed": int(self.seed)}
 
 
 class SegmentationStore:
@@ -190,7 +190,7 @@ def _check_row(index: int, row: dict, key: SegmentationKey) -> None:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     if row["status"] not in STATUSES:
         raise ValueError(f"{where}: status must be one of {STATUSES}, got {row['status']!r}")
-    if row["status"] == "failed":
+    if row["status"] == FAILED:
         if not row.get("error"):
             raise ValueError(f"{where}: status 'failed' needs an error message")
         if row.get("labels_png") is not None:

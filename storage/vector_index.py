@@ -28,7 +28,7 @@ METRIC = "cosine"
 VECTOR_COLUMN = "embedding"
 VECTOR_INDEX_NAME = "embedding_idx"  # Lance's name for an index on VECTOR_COLUMN
 # Segments of the vector index (the trained one, then one per fold of new rows) that a query may
-# have to search before the folds merge theirs (IndexStore.tidy).
+# have to search before the folds merge theirs (IndexUpkeep.tidy).
 MAX_INDEX_SEGMENTS = 8
 INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
 INDEX_TYPE = "IVF_PQ"

@@ -110,7 +110,7 @@ def run_index(args) -> int:
 def run_build_index(args) -> int:
     from maskdex.storage.index_store import IndexStore
 
-    built = IndexStore.open(args.db, models=None, embed_dim=None, create=False).build_index(force=args.force)
+    built = IndexStore.open(args.db, fingerprint=None, embed_dim=None, create=False).upkeep.build_index(force=args.force)
     print(json.dumps(built, indent=2, default=str))
     return 0
 
@@ -118,7 +118,7 @@ def run_build_index(args) -> int:
 def run_stats(args) -> int:
     from maskdex.storage.index_store import IndexStore
 
-    print(json.dumps(IndexStore.open(args.db, models=None, embed_dim=None, read_only=True).stats(), indent=2,
+    print(json.dumps(IndexStore.open(args.db, fingerprint=None, embed_dim=None, read_only=True).stats(), indent=2,
                      default=str))
     return 0
 

@@ -34,7 +34,7 @@ def run_remove(args) -> int:
     else:
         image_ids = None
     # A dry run reads only: a writable open would already delete what a killed removal left.
-    store = IndexStore.open(args.db, models=None, embed_dim=None, create=False, read_only=args.dry_run)
+    store = IndexStore.open(args.db, fingerprint=None, embed_dim=None, create=False, read_only=args.dry_run)
     if image_ids is None:
         image_ids = sorted(removal.images_under(store, local_prefix(args.uri_prefix)))
     report = removal.remove_images(store, image_ids, dry_run=args.dry_run)

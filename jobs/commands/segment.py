@@ -7,6 +7,7 @@ import json
 import os
 
 from maskdex.jobs.arguments import add_db, add_model_options, model_options, positive_int
+from maskdex.pipelines.fewshot.request import MODES, SegmentSpec
 
 
 def add_parsers(commands) -> None:
@@ -43,7 +44,7 @@ def add_parsers(commands) -> None:
     segment.add_argument("--set", required=True, dest="set_name", help="support set to segment with")
     segment.add_argument("--classes", type=_class_list, default=None,
                          help="comma-separated classes, in label-id order (default: all of the set's, sorted)")
-    segment.add_argument("--mode", choices=("patch", "region"), default="patch",
+    segment.add_argument("--mode", choices=MODES, default=MODES[0],
                          help="classify patches, or SAM 2 regions (the index's, for indexed images)")
     segment.add_argument("--shots-only", action="store_true", help="use the examples only, not the class names")
     segment.add_argument("--out", required=True, help="folder for NAME.labels.png, NAME.overlay.png, NAME.json")
@@ -64,7 +65,7 @@ def add_parsers(commands) -> None:
     which.add_argument("--query", default=None, help="segment the top k images of this text search")
     which.add_argument("--all", action="store_true", help="segment every image of the index")
     corpus.add_argument("-k", type=positive_int, default=None, help="how many search results with --query (default 100)")
-    corpus.add_argument("--mode", choices=("patch", "region"), default="patch",
+    corpus.add_argument("--mode", choices=MODES, default=MODES[0],
                         help="classify patches, or the index's SAM 2 regions")
     corpus.add_argument("--shots-only", action="store_true", help="use the examples only, not the class names")
     corpus.add_argument("--seed", type=int, default=0, help="seed of the per-image classifiers' initialisation")
@@ -134,20 +135,20 @@ def run_remove(args) -> int:
 
 def run_segment(args) -> int:
     from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
-    from maskdex.pipelines.fewshot.segment_job import SegmentRequest, check_request, output_names, segment_many, segment_to_files
+    from maskdex.pipelines.fewshot.request import check_spec
+    from maskdex.pipelines.fewshot.segment_job import output_names, segment_many, segment_to_files
 
     settings = SegmentSettings(**model_options(args))
-    request = SegmentRequest(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
-                             args.shots_only, args.seed)
+    spec = _spec(args)
     if len(args.images) == 1 and not _expands(args.images[0]):
         # One image is quicker in this process than on a Ray job; errors about it are errors of the command.
-        check_request(args.db, settings, request)
+        check_spec(args.db, settings, spec)
         image = args.images[0]
-        summaries = [segment_to_files(Segmenter(args.db, settings), image, args.out, output_names([image])[0], request)]
+        summaries = [segment_to_files(Segmenter(args.db, settings), image, args.out, output_names([image])[0], spec)]
         if "error" in summaries[0]:
             raise ValueError(summaries[0]["error"])
     else:
-        summaries = segment_many(args.images, args.db, args.out, request, settings, _resources(args),
+        summaries = segment_many(args.images, args.db, args.out, spec, settings, _resources(args),
                                  address=args.address)
     if args.json:
         print(json.dumps(summaries, indent=2))
@@ -155,6 +156,11 @@ def run_segment(args) -> int:
         for summary in summaries:
             print(_render(summary))
     return 1 if any("error" in summary for summary in summaries) else 0
+
+
+def _spec(args) -> SegmentSpec:
+    return SegmentSpec(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
+                       args.shots_only, args.seed)
 
 
 def _expands(image: str) -> bool:
@@ -173,18 +179,16 @@ def run_segment_index(args) -> int:
     from dataclasses import replace
 
     from maskdex.pipelines.fewshot.segment_index import SegmentIndexSettings, Selection, run_segment_index as run
-    from maskdex.pipelines.fewshot.segment_job import SegmentRequest
     from maskdex.pipelines.fewshot.segmenter import SegmentSettings
 
     if args.k is not None and args.query is None:
         raise ValueError("-k goes with --query (--all segments every indexed image)")
     selection = Selection(args.query, args.k or 100) if args.query is not None else Selection()
-    request = SegmentRequest(args.set_name, None if args.classes is None else tuple(args.classes), args.mode,
-                             args.shots_only, args.seed)
+    spec = _spec(args)
     settings = SegmentIndexSettings(
         segment=SegmentSettings(**model_options(args)),
         actors=replace(_resources(args), batch_size=args.batch_size), commit_every=args.commit_every,
         retry_failed=args.retry_failed)
-    summary = run(args.db, request, selection, settings, address=args.address)
+    summary = run(args.db, spec, selection, settings, address=args.address)
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
     return 0

@@ -45,7 +45,7 @@ def _remove(db: str, request: RemoveRequest) -> dict:
 
     image_ids = removal.check_image_ids(request.image_ids) if request.image_ids is not None else None
     with _LOCK:
-        store = IndexStore.open(db, models=None, embed_dim=None, create=False, read_only=request.dry_run)
+        store = IndexStore.open(db, fingerprint=None, embed_dim=None, create=False, read_only=request.dry_run)
         if image_ids is None:
             image_ids = sorted(removal.images_under(store, request.uri_prefix))
         return removal.remove_images(store, image_ids, dry_run=request.dry_run).as_dict()

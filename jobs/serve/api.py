@@ -271,7 +271,8 @@ class Api:
         if query.rerank:
             from maskdex.jobs.serve.rerank_route import reranked_search
 
-            return await reranked_search(self, query, filters, example)
+            return await reranked_search(query, lambda k: self.first_stage(query, k, filters, example),
+                                         reranker=self.reranker, settings=self.config.rerank, max_k=self.limits.max_k)
         results, _ = await self.first_stage(query, query.k, filters, example)
         return results
 
@@ -312,7 +313,7 @@ class Api:
             form = await self._form(request)
             image = await self._upload(form, "image")
             fields = {"set": _field(form, "set"), "classes": class_list(_field(form, "classes")),
-                      "mode": _field(form, "mode") or "patch",
+                      "mode": _field(form, "mode") or None,  # empty: SegmentRequest's default
                       "shots_only": form_bool(_field(form, "shots_only"), "shots_only"),
                       "seed": _form_int(_field(form, "seed"), "seed")}
             params = validate(SegmentRequest, {key: value for key, value in fields.items() if value is not None})
@@ -491,7 +492,7 @@ class Api:
         if self._index is None:
             from maskdex.storage.index_store import IndexStore
 
-            self._index = IndexStore.open(self.config.db, models=None, embed_dim=None, read_only=True)
+            self._index = IndexStore.open(self.config.db, fingerprint=None, embed_dim=None, read_only=True)
         return self._index
 
     def _segmentation_store(self):
@@ -507,11 +508,13 @@ class Api:
 
     def _indexed(self, image_id: str) -> dict:
         """The images row of an indexed image; ids come from the request, paths only from the table."""
+        from maskdex.storage.schemas import OK
+
         check_image_id(image_id)
         row = self._index_store().image(image_id)
         if row is None:
             raise BadInput(f"no image {image_id} in the index", 404)
-        if row["status"] != "ok":
+        if row["status"] != OK:
             raise BadInput(f"image {image_id} failed to index: {row['error']}", 404)
         return row
 

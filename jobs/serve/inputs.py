@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from maskdex.jobs.serve.config import Limits
+from maskdex.pipelines.fewshot.request import MODES
 
 IMAGE_ID_PATTERN = "^[0-9a-f]{64}$"  # the SHA-256 of the file, as the index stores it
 _IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
@@ -62,7 +63,7 @@ class SegmentRequest(BaseModel):
     image_id: str | None = None
     set_name: str = Field(alias="set")
     classes: list[str] | None = None
-    mode: Literal["patch", "region"] = "patch"
+    mode: Literal[MODES] = MODES[0]
     shots_only: StrictBool = False
     seed: StrictInt = Field(0, ge=0, le=_SEED_MAX)
 

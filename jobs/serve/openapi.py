@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maskdex.jobs.serve.config import Limits
 from maskdex.jobs.serve.inputs import IMAGE_ID_PATTERN, SearchRequest, SegmentRequest
+from maskdex.pipelines.fewshot.request import MODES
 
 
 class ErrorAnswer(BaseModel):
@@ -86,7 +87,7 @@ class Segmentation(BaseModel):
     set_name: str = Field(alias="set")
     width: int
     height: int
-    mode: Literal["patch", "region"]
+    mode: Literal[MODES]
     regions: Literal["index", "sam2"] | None
     classes: list[str]
     found: list[str]
@@ -159,7 +160,7 @@ def segment_body() -> dict:
     form = {"type": "object", "required": ["image", "set"], "properties": {
         "image": {"type": "string", "format": "binary"}, "set": {"type": "string"},
         "classes": {"type": "string", "description": "comma-separated class names"},
-        "mode": {"type": "string", "enum": ["patch", "region"]},
+        "mode": {"type": "string", "enum": list(MODES)},
         "shots_only": {"type": "string", "enum": ["true", "false"]},
         "seed": {"type": "string", "pattern": "^[0-9]{1,9}$"}}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(SegmentRequest)},
@@ -199,7 +200,7 @@ def segmentation_query() -> dict:
     return {"parameters": [
         param("set", {"type": "string", "minLength": 1}, "the support set the images were segmented with", True),
         param("classes", {"type": "string"}, "comma-separated or a JSON list, in label-id order"),
-        param("mode", {"type": "string", "enum": ["patch", "region"]}, "the segmentation mode"),
+        param("mode", {"type": "string", "enum": list(MODES)}, "the segmentation mode"),
         param("seed", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "the run's seed"),
         param("shots_only", {"type": "string", "enum": ["true", "false"]}, "true: the runs that used the examples only, not the class names")]}
 

@@ -54,8 +54,8 @@ def _database_preset(db: str, problems: list[str]) -> str | None:
         problems.append(f"database {db}: no such directory (build one with `maskdex index ... --db {db}`)")
         return None
     try:
-        store = IndexStore.open(str(path), models=None, embed_dim=None, read_only=True)
-        return preset_from_fingerprint(store.models).name
+        store = IndexStore.open(str(path), fingerprint=None, embed_dim=None, read_only=True)
+        return preset_from_fingerprint(store.fingerprint).name
     except (FileNotFoundError, ValueError) as error:
         problems.append(f"database {db}: {error}")
         return None

@@ -2,8 +2,9 @@
 
 It holds the multimodal LLM (or the client of an OpenAI-compatible server) with its own num_gpus,
 replicas and autoscaling (deployments.Reranker in the service config), and gathers the candidates of
-concurrent searches into one generate call (maskdex.rerank.batching). Loading images, parsing and
-matching run per search in a worker thread; only the model call is shared.
+concurrent searches into one generate call (Serve's batching, sized by the service config's
+maskdex.rerank.batching section). Loading images, parsing and matching run per search in a worker
+thread; only the model call is shared.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class RerankerModel:
             raise ValueError("the Reranker deployment needs a maskdex.rerank section in the service config")
         self.settings = settings.rerank.settings()
         self.backend = build_reranker(self.settings, weights=settings.weights)
-        self.store = IndexStore.open(settings.db, models=None, embed_dim=None, read_only=True)
+        self.store = IndexStore.open(settings.db, fingerprint=None, embed_dim=None, read_only=True)
         self.max_pixels = settings.limits.max_pixels
         self._judge.set_max_batch_size(settings.rerank.batching.max_batch_size)
         self._judge.set_batch_wait_timeout_s(settings.rerank.batching.batch_wait_timeout_s)

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from maskdex.jobs.serve.inputs import BadInput, check_image_id, class_list, form_bool
+from maskdex.pipelines.fewshot.request import MODES
 
 PARAMS = ("set", "classes", "mode", "seed", "shots_only")
-MODES = ("patch", "region")
 
 
 def parse_params(query: dict[str, str]) -> dict:
@@ -44,6 +44,8 @@ def parse_params(query: dict[str, str]) -> dict:
 
 def stored_segmentation(store, image_id: str, params: dict) -> dict:
     """The answer for one image from a SegmentationStore (None: the database has no segmentations)."""
+    from maskdex.storage.schemas import OK  # here: the storage package opens LanceDB, which the ingress does not load
+
     check_image_id(image_id)
     what = f"image {image_id} with set {params['set_name']!r}"
     if store is None:
@@ -54,7 +56,7 @@ def stored_segmentation(store, image_id: str, params: dict) -> dict:
     if not rows:
         raise BadInput(f"no segmentation of {what}" + (" and these settings" if len(
             [v for v in params.values() if v is not None]) > 1 else ""), 404)
-    ok = [row for row in rows if row["status"] == "ok"]
+    ok = [row for row in rows if row["status"] == OK]
     if not ok:
         raise BadInput(f"segmenting {what} failed: {rows[0]['error']}", 404)
     return answer(ok[0])

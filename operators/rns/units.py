@@ -113,12 +113,18 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 32
 
     via = (input_size, resized_size): the scores are first upsampled bilinearly to the padded
     input_size, cropped to its top-left resized_size (the image without the padding), then upsampled
-    to size. Bilinear upsampling is linear and per class, so classes are upsampled a chunk at a time:
-    the full (C, H, W) stack is never held.
+    to size. Bilinear upsampling is linear and per class, so only the classes that can win somewhere
+    (possible_winners) are upsampled, a chunk at a time: the full (C, H, W) stack is never held.
     """
     if scores.ndim != 3:
         raise ValueError(f"expected (h, w, C) scores, got shape {tuple(scores.shape)}")
-    planes = scores.permute(2, 0, 1)[None].float()
+    scores = scores.float()
+    # Upsampling the padded input by the patch size first keeps a pixel's cells in one 3 x 3 block.
+    blocks_hold_pixels = via is None or all(i >= g for i, g in zip(via[0], scores.shape[:2]))
+    winners = possible_winners(scores) if blocks_hold_pixels else torch.arange(scores.shape[2])
+    if len(winners) == 1:
+        return torch.full(tuple(size), int(winners[0]), dtype=torch.long)
+    planes = scores.permute(2, 0, 1)[None].index_select(1, winners)
     best = labels = None
     for start in range(0, planes.shape[1], chunk):
         up = planes[:, start : start + chunk]
@@ -134,4 +140,35 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 32
             better = value > best
             best = torch.where(better, value, best)
             labels = torch.where(better, index + start, labels)
-    return labels.cpu()
+    return winners[labels].cpu()
+
+
+def possible_winners(scores: torch.Tensor) -> torch.Tensor:
+    """The classes (ascending) that can be the argmax anywhere in a bilinear upsampling of (h, w, C) scores.
+
+    Every upsampled pixel is a convex combination of the scores of cells within one 3 x 3 block of
+    the grid (two bilinear taps per axis, or three when a second bilinear step follows an upsampling
+    by the patch size, as with TestUnits' padded inputs). In a block, a class d that scores at least
+    as high as class c on all nine cells scores at least as high in every such combination (rounding
+    is monotonic), so c cannot win there; the classes that some block's cell leaders (argmax classes)
+    do not dominate are the possible winners. A pixel's label only differs from the full argmax's when
+    an excluded class ties its winner exactly, to the last bit.
+    """
+    h, w, n_classes = scores.shape
+    padded = F.pad(scores.permute(2, 0, 1)[None], (1, 1, 1, 1), mode="replicate")
+    blocks = F.unfold(padded, 3).view(n_classes, 9, h * w).permute(2, 1, 0)  # (block, cell, class)
+    leaders = blocks.argmax(dim=2)  # (block, 9): each cell's own argmax
+    # leader_scores[b, j, k]: the score at cell j of the class that leads cell k
+    leader_scores = blocks.gather(2, leaders[:, None, :].expand(-1, 9, -1))
+    # First the cheap test: a class whose best score in the block is at most some leader's worst is dominated.
+    floor = leader_scores.amin(dim=1).amax(dim=1)  # (block,)
+    survivors = torch.nonzero((blocks.amax(dim=1) > floor[:, None]).any(dim=0)).flatten()
+    # Then the full test, on the few classes the cheap one kept.
+    kept = blocks.index_select(2, survivors)
+    dominated = torch.zeros(h * w, len(survivors), dtype=torch.bool, device=scores.device)
+    for k in range(9):  # one leader at a time keeps the comparison at (block, 9, classes)
+        dominated |= (leader_scores[:, :, k, None] >= kept).all(dim=1)
+    possible = torch.zeros(n_classes, dtype=torch.bool, device=scores.device)
+    possible[survivors[(~dominated).any(dim=0)]] = True
+    possible[leaders.flatten()] = True
+    return torch.nonzero(possible).flatten()

@@ -1,4 +1,5 @@
-"""Bytes to a validated RGB image: EXIF orientation, mode conversion, pixel limit, resize for SAM 2."""
+"""Bytes to a validated RGB image: EXIF orientation, mode conversion, pixel limit, resize for SAM 2 and
+the masks found at that size back to the original's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from maskdex.operators.common import rle as rle_codec
 from maskdex.operators.common.image_input import as_rgb_uint8
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -57,3 +59,13 @@ def resize_longest_side(image: np.ndarray, max_side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
+
+
+def to_original_size(region: dict, size: tuple[int, int]) -> dict:
+    """A region found on the downscaled working image (resize_longest_side), re-expressed in the original image's pixels."""
+    if list(region["rle"]["size"]) == list(size):
+        return region
+    mask = rle_codec.decode(region["rle"])
+    upscaled = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
+    rle = rle_codec.encode(upscaled)
+    return {**region, "rle": rle, "bbox": rle_codec.bbox(rle), "area": rle_codec.area(rle)}

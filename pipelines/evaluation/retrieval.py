@@ -218,7 +218,7 @@ def evaluate_retrieval(db: str, annotations: str | os.PathLike, *, k: int = 50, 
         queries.append(QueryResult(query=name, category_id=category_id, relevant_images=len(shown), **measures,
                                    ranked=ranked, reranked=second))
     missing = sorted(info["file_name"] for gt_id, info in truth.images.items() if gt_id not in matched)
-    return RetrievalEvaluation(db=db, annotations=str(annotations), models=searcher.store.models, k=k,
+    return RetrievalEvaluation(db=db, annotations=str(annotations), models=searcher.store.fingerprint, k=k,
                                iou_threshold=iou_threshold, corpus_images=len(matched), missing_images=missing,
                                queries=queries, queries_without_relevant=empty,
                                rerank=None if reranker is None else {"backend": reranker.reranker.name,

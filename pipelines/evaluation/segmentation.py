@@ -34,9 +34,9 @@ from maskdex.pipelines.evaluation.worker import SegmentationWorker, WorkerSpec, 
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
 from maskdex.pipelines.evaluation.sampling import ClassPresence, SupportSet, sample_supports
+from maskdex.storage.schemas import FAILED, OK
 
 log = logging.getLogger(__name__)
-OK, FAILED = "ok", "failed"
 
 
 @dataclass(frozen=True)

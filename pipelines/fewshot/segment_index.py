@@ -24,15 +24,14 @@ from maskdex.operators.registry.presets import get_preset, require_weights
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
-from maskdex.pipelines.fewshot.dense import open_support_store
 from maskdex.pipelines.fewshot.outputs import labels_image
-from maskdex.pipelines.fewshot.segment_job import SegmentRequest, check_request
+from maskdex.pipelines.fewshot.request import SegmentSpec, check_spec
 from maskdex.pipelines.fewshot.segmenter import SegmentCall, SegmentResult, SegmentSettings, Segmenter
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.schemas import FAILED, OK
 from maskdex.storage.segmentation_store import SegmentationKey, SegmentationStore
 
 log = logging.getLogger(__name__)
-OK, FAILED = "ok", "failed"
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class SegmentIndexSummary:
 
     def as_dict(self) -> dict:
         return {"set": self.key.set_name, "classes": list(self.key.classes), "mode": self.key.mode,
-                "models": self.key.models, "shots_only": self.key.shots_only, "seed": self.key.seed,
+                "models": self.key.fingerprint, "shots_only": self.key.shots_only, "seed": self.key.seed,
                 "selection": self.selection, "selected": self.selected, "skipped": self.skipped, "ok": self.ok,
                 "failed": self.failed, "seconds": round(self.seconds, 3),
                 "startup_seconds": round(self.startup_seconds, 3),
@@ -104,21 +103,19 @@ class SegmentIndexSummary:
         return "\n".join(lines)
 
 
-def segmentation_key(db: str, request: SegmentRequest, settings: SegmentSettings) -> SegmentationKey:
-    """The request's key, its classes resolved (all of the set's, sorted, when none are named).
-    Raises what check_request raises for a request that cannot run."""
-    check_request(db, settings, request)
-    classes = request.classes
-    if classes is None:
-        classes = open_support_store(db, settings.models, create=False).load(request.set_name, None).classes
-    return SegmentationKey(request.set_name, tuple(classes), request.mode, get_preset(settings.models).fingerprint,
-                           bool(request.shots_only), int(request.seed))
+def segmentation_key(db: str, spec: SegmentSpec, settings: SegmentSettings) -> SegmentationKey:
+    """The spec's key, its classes resolved (all of the set's, sorted, when none are named).
+    Raises what check_spec raises for a spec that cannot run."""
+    supports = check_spec(db, settings, spec)
+    classes = spec.classes if spec.classes is not None else supports.classes
+    return SegmentationKey(spec.set_name, tuple(classes), spec.mode, get_preset(settings.models).fingerprint,
+                           bool(spec.shots_only), int(spec.seed))
 
 
 def select_images(db: str, selection: Selection, settings: SegmentSettings) -> list[tuple[str, str]]:
     """(image_id, uri) of the selected images that indexed ok: by image_id, or best first for a search."""
     if selection.query is None:
-        index = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+        index = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
         return sorted(index.image_uris().items())
     from maskdex.pipelines.search import TextSearcher
 
@@ -126,14 +123,14 @@ def select_images(db: str, selection: Selection, settings: SegmentSettings) -> l
     return [(hit["image_id"], hit["uri"]) for hit in searcher.search(selection.query, k=selection.k)]
 
 
-def run_segment_index(db: str, request: SegmentRequest, selection: Selection = Selection(),
+def run_segment_index(db: str, spec: SegmentSpec, selection: Selection = Selection(),
                       settings: SegmentIndexSettings = SegmentIndexSettings(),
                       address: str | None = None) -> SegmentIndexSummary:
     """Segment the selected images of the index at db into its segmentations table; see the module doc."""
     started = time.perf_counter()
     require_weights(settings.segment.models, settings.segment.weights, ("dense_clip",))  # before Ray or a table
-    key = segmentation_key(db, request, settings.segment)
-    request = replace(request, classes=key.classes)  # every actor labels with the same class order
+    key = segmentation_key(db, spec, settings.segment)
+    spec = replace(spec, classes=key.classes)  # every actor labels with the same class order
     images = select_images(db, selection, settings.segment)
     store = SegmentationStore.open(db)
     if settings.retry_failed:
@@ -147,7 +144,7 @@ def run_segment_index(db: str, request: SegmentRequest, selection: Selection = S
         blocks = -(-len(todo) // actors.batch_size)
         dataset = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
             SegmentIndexStage,
-            fn_constructor_kwargs={"db": db, "settings": replace(settings.segment, device=device), "request": request,
+            fn_constructor_kwargs={"db": db, "settings": replace(settings.segment, device=device), "spec": spec,
                                    "threads": max(1, int(actors.num_cpus))},
             **actor_pool(actors),
         )
@@ -169,7 +166,7 @@ def run_segment_index(db: str, request: SegmentRequest, selection: Selection = S
     return summary
 
 
-def segment_rows(segmenter: Segmenter, items: list[dict], request: SegmentRequest) -> list[dict]:
+def segment_rows(segmenter: Segmenter, items: list[dict], spec: SegmentSpec) -> list[dict]:
     """Table rows (without the key's columns) for {image_id, uri} items: load each file, check it is
     the file that was indexed, segment the loaded ones together."""
     rows: list[dict | None] = []
@@ -180,8 +177,8 @@ def segment_rows(segmenter: Segmenter, items: list[dict], request: SegmentReques
             if image.file_id != item["image_id"]:
                 raise ValueError(f"the file at {item['uri']} changed since it was indexed (its sha256 is now "
                                  f"{image.file_id})")
-            loaded.append((len(rows), SegmentCall(image.rgb, request.set_name, request.class_list, request.mode,
-                                                  request.shots_only, request.seed, item["image_id"])))
+            loaded.append((len(rows), SegmentCall(image.rgb, spec.set_name, spec.class_list, spec.mode,
+                                                  spec.shots_only, spec.seed, item["image_id"])))
             rows.append(None)
         except Exception as error:  # noqa: BLE001 - one bad image must not stop the others
             rows.append(failed_row(item, error))
@@ -193,12 +190,12 @@ def segment_rows(segmenter: Segmenter, items: list[dict], request: SegmentReques
 
 
 def _segment_loaded(segmenter: Segmenter, calls: list[SegmentCall]) -> list:
-    """Segmenter.segment_many over one request's images (their heads train together)."""
+    """Segmenter.segment_many over one spec's images (their heads train together)."""
     results = segmenter.segment_many(calls)
     shared = results[0]
     # segment_many gives every call of the batch the one error that stopped them all together.
     if isinstance(shared, Exception) and all(result is shared for result in results):
-        if isinstance(shared, ValueError):  # the request itself no longer holds (the set was removed): stop
+        if isinstance(shared, ValueError):  # the spec itself no longer holds (the set was removed): stop
             raise shared
         if len(calls) > 1:  # e.g. the stack did not fit the GPU: one at a time instead
             log.warning("a batch of %d images failed together (%s); segmenting them one at a time", len(calls),
@@ -242,13 +239,13 @@ def table_row(batch: dict[str, np.ndarray], index: int) -> dict:
 class SegmentIndexStage:
     """A Segmenter on an actor: a batch of {image_id, uri} in, its table rows out."""
 
-    def __init__(self, db: str, settings: SegmentSettings, request: SegmentRequest, threads: int):
+    def __init__(self, db: str, settings: SegmentSettings, spec: SegmentSpec, threads: int):
         import torch
 
         torch.set_num_threads(threads)
         self.segmenter = Segmenter(db, settings)
-        self.request = request
+        self.spec = spec
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [{"image_id": str(image_id), "uri": str(uri)} for image_id, uri in zip(batch["image_id"], batch["uri"])]
-        return _pack(segment_rows(self.segmenter, items, self.request))
+        return _pack(segment_rows(self.segmenter, items, self.spec))

@@ -9,57 +9,31 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import ray
 
-from maskdex.pipelines.fewshot.dense import open_support_store
 from maskdex.pipelines.common.images import load_image
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, actor_pool, device_for_cluster, init_ray
-from maskdex.pipelines.fewshot.segmenter import MODES, SegmentSettings, Segmenter, uses_text
+from maskdex.pipelines.fewshot.request import SegmentSpec, check_spec
+from maskdex.pipelines.fewshot.segmenter import SegmentSettings, Segmenter
 from maskdex.pipelines.fewshot.outputs import write_outputs
-from maskdex.operators.registry.presets import require_weights
 from maskdex.pipelines.common.sources import expand_sources
-from maskdex.pipelines.common.class_names import check_class_names
 
 
-@dataclass(frozen=True)
-class SegmentRequest:
-    set_name: str
-    classes: tuple[str, ...] | None = None
-    mode: str = "patch"
-    shots_only: bool = False
-    seed: int = 0
-
-    @property
-    def class_list(self) -> list[str] | None:
-        return None if self.classes is None else list(self.classes)
-
-
-def segment_to_files(segmenter: Segmenter, image: str, out_dir: str, name: str, request: SegmentRequest) -> dict:
+def segment_to_files(segmenter: Segmenter, image: str, out_dir: str, name: str, spec: SegmentSpec) -> dict:
     """Segment one image file and write its outputs; returns its summary, with "error" when it failed."""
     try:
         loaded = load_image(image, max_pixels=segmenter.settings.max_pixels)
-        result = segmenter.segment(loaded.rgb, request.set_name, request.class_list, mode=request.mode,
-                                   shots_only=request.shots_only, seed=request.seed, image_id=loaded.file_id)
+        result = segmenter.segment(loaded.rgb, spec.set_name, spec.class_list, mode=spec.mode,
+                                   shots_only=spec.shots_only, seed=spec.seed, image_id=loaded.file_id)
         return write_outputs(result, loaded.rgb, out_dir, name, image=image)
     except (ValueError, OSError) as error:  # maskdex's own errors say what went wrong
         return {"image": image, "error": str(error)}
     except Exception as error:  # one bad image must not stop the others
         return {"image": image, "error": f"{type(error).__name__}: {error}"}
-
-
-def check_request(db: str, settings: SegmentSettings, request: SegmentRequest) -> None:
-    """Fail once, before any image, on what would fail them all: no database, no such set, another
-    model, classes that cannot be predicted."""
-    if request.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {request.mode!r}")
-    classes = None if request.classes is None else check_class_names(request.classes, where="classes")
-    require_weights(settings.models, settings.weights, ("dense_clip",))
-    supports = open_support_store(db, settings.models, create=False).load(request.set_name, classes)
-    uses_text(supports, request.set_name, request.shots_only)
 
 
 def output_names(images: list[str]) -> list[str]:
@@ -76,14 +50,14 @@ def output_names(images: list[str]) -> list[str]:
     return names
 
 
-def segment_many(images: list[str], db: str, out_dir: str, request: SegmentRequest,
+def segment_many(images: list[str], db: str, out_dir: str, spec: SegmentSpec,
                  settings: SegmentSettings = SegmentSettings(), actors: StageResources = StageResources(),
                  address: str | None = None) -> list[dict]:
     """Segment image files (or folders and globs of them) on an actor pool; summaries in input order."""
     expanded = expand_sources(images)
     if expanded.parquet:
         raise ValueError(f"segment takes image files, not parquet ({expanded.parquet[0]})")
-    check_request(db, settings, request)
+    check_spec(db, settings, spec)
     init_ray(address)
     device, actors = device_for_cluster(settings.device, actors, ray.cluster_resources())
     settings = replace(settings, device=device)
@@ -93,7 +67,7 @@ def segment_many(images: list[str], db: str, out_dir: str, request: SegmentReque
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // actors.batch_size))
     dataset = dataset.map_batches(
         SegmentStage,
-        fn_constructor_kwargs={"db": db, "settings": settings, "request": request, "out_dir": os.path.abspath(out_dir),
+        fn_constructor_kwargs={"db": db, "settings": settings, "spec": spec, "out_dir": os.path.abspath(out_dir),
                                "threads": max(1, int(actors.num_cpus))},
         **actor_pool(actors),
     )
@@ -109,15 +83,15 @@ def segment_many(images: list[str], db: str, out_dir: str, request: SegmentReque
 class SegmentStage:
     """A Segmenter on an actor."""
 
-    def __init__(self, db: str, settings: SegmentSettings, request: SegmentRequest, out_dir: str, threads: int):
+    def __init__(self, db: str, settings: SegmentSettings, spec: SegmentSpec, out_dir: str, threads: int):
         import torch
 
         torch.set_num_threads(threads)
         self.segmenter = Segmenter(db, settings)
-        self.request = request
+        self.spec = spec
         self.out_dir = out_dir
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summaries = [json.dumps(segment_to_files(self.segmenter, str(image), self.out_dir, str(name), self.request))
+        summaries = [json.dumps(segment_to_files(self.segmenter, str(image), self.out_dir, str(name), self.spec))
                      for image, name in zip(batch["image"], batch["name"])]
         return {"index": np.asarray(batch["index"]), "summary": np.asarray(summaries, dtype=object)}

@@ -21,18 +21,16 @@ from maskdex.operators.registry.presets import mask_generator
 from maskdex.operators.rns.method import RNSResult, RNSSettings, rns_segment_batch
 from maskdex.operators.rns.memory import SupportMemory
 from maskdex.operators.rns.units import TestUnits, dense_patch_units, dense_region_units
-from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS, resize_longest_side
+from maskdex.pipelines.common.decode import DEFAULT_MAX_PIXELS, resize_longest_side, to_original_size
 from maskdex.pipelines.fewshot.dense import build_extractor, open_support_store
 from maskdex.pipelines.common.images import load_image
-from maskdex.pipelines.index.stages import to_original_size
 from maskdex.pipelines.common.class_names import check_class_names
 from maskdex.pipelines.fewshot.labels import has_text_name, text_names
+from maskdex.pipelines.fewshot.request import MODES, uses_text
 from maskdex.pipelines.fewshot.supports import add_example
 from maskdex.storage.index_store import IndexStore
+from maskdex.storage.schemas import OK
 from maskdex.storage.support_store import SupportArrays
-
-MODES = ("patch", "region")
-
 
 @dataclass(frozen=True)
 class SegmentSettings(ModelOptions):
@@ -114,19 +112,6 @@ class _Problem:
             support_images=self.supports.images_per_class, used_fallback=result.used_fallback,
             pixel_fractions={name: round(float(share), 6) for name, share in zip(names, shares)},
             mode=mode, regions=regions, image_id=image_id)
-
-
-def uses_text(supports: SupportArrays, set_name: str, shots_only: bool) -> bool:
-    """Whether RNS gets text features for these classes. A ValueError names the classes it could
-    never predict: those with no example in the set and no text (shots-only, or an '@' name)."""
-    use_text = not shots_only and any(has_text_name(name) for name in supports.classes)
-    counts = supports.images_per_class
-    blind = [name for name in supports.classes if not counts[name] and not (use_text and has_text_name(name))]
-    if blind:
-        why = "shots-only leaves text out" if shots_only else "'@' classes have no name for text"
-        raise ValueError(f"support set {set_name!r} has no example of {', '.join(map(repr, blind))} and {why}: "
-                         f"they cannot be predicted")
-    return use_text
 
 
 class Segmenter:
@@ -265,11 +250,11 @@ class Segmenter:
             return None
         if self._index is None:
             try:
-                self._index = IndexStore.open(self.db, models=None, embed_dim=None, read_only=True)
+                self._index = IndexStore.open(self.db, fingerprint=None, embed_dim=None, read_only=True)
             except FileNotFoundError:  # no index in this database (yet)
                 return None
         row = self._index.image(image_id)
-        if row is None or row["status"] != "ok":
+        if row is None or row["status"] != OK:
             return None
         rles = [region["rle"] for region in self._index.regions_of(image_id)]
         if any(list(rle["size"]) != list(size) for rle in rles):

@@ -164,7 +164,7 @@ def run_index(sources: list[str], db: str, settings: IndexSettings = IndexSettin
     require_weights(preset, settings.weights, INDEX_MODELS)
     expanded = expand_sources(sources)
     parquet_columns = _parquet_columns(expanded.parquet)
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     try:
         return _run(store, sources, expanded, parquet_columns, preset, settings, address, started)
     except BaseException:
@@ -188,7 +188,7 @@ def _run(store: IndexStore, sources: list[str], expanded, parquet_columns, prese
         return _finish(summary, store, plan, settings, started)
     init_ray(address)
     cluster = ray.cluster_resources()
-    settings = resolve_device(settings, cluster)
+    settings = settings_for_cluster(settings, cluster)
 
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
@@ -210,7 +210,7 @@ def _finish(summary: IndexSummary, store: IndexStore, plan: SyncPlan | None, set
     if plan is not None:
         summary.sync = _finish_sync(plan, store, summary, settings)
     if settings.build_index:
-        summary.index = store.maybe_build_index()
+        summary.index = store.upkeep.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -218,7 +218,7 @@ def _finish(summary: IndexSummary, store: IndexStore, plan: SyncPlan | None, set
 def _refuse_another_build(db: str, preset) -> bool:
     """Whether the index exists; ModelMismatchError when it was built with another preset."""
     try:
-        IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip), read_only=True)
+        IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip), read_only=True)
     except FileNotFoundError:
         return False  # a new database, created once every check has passed
     return True
@@ -322,14 +322,15 @@ def embed_stage(dataset, store: IndexStore, settings: IndexSettings, actors: int
         fn_constructor_kwargs={"preset": settings.models, "weights": settings.weights, "device": settings.device,
                                "dtype": settings.dtype, "context": settings.context, "batch_size": 64,
                                "threads": max(1, int(settings.clip.num_cpus)),
-                               "regions_uri": store.regions_dataset_uri, "models": store.models,
+                               "regions_uri": store.regions_dataset_uri, "fingerprint": store.fingerprint,
                                "claims": start_claims()},
         **actor_pool(settings.clip, actors),
     )
 
 
-def resolve_device(settings: IndexSettings, cluster: dict) -> IndexSettings:
-    """Device "auto" decided for the cluster, for both model stages (see device_for_cluster)."""
+def settings_for_cluster(settings: IndexSettings, cluster: dict) -> IndexSettings:
+    """The settings with device "auto" decided for the cluster and both model stages' resources sized to
+    it (see device_for_cluster)."""
     device, sam = device_for_cluster(settings.device, settings.sam, cluster)
     _, clip = device_for_cluster(settings.device, settings.clip, cluster)
     return replace(settings, device=device, sam=sam, clip=clip)

@@ -32,10 +32,12 @@ from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, device_for_cluster, init_ray
 from maskdex.pipelines.common.sources import read_inputs
 from maskdex.pipelines.index.job import IndexSettings, IndexSummary, commit_results, embed_stage
-from maskdex.pipelines.index.stages import FAILED, NO_IDENTITY, PENDING, _columns, _prepare, _row, to_original_size
+from maskdex.pipelines.common.decode import to_original_size
+from maskdex.pipelines.index.stages import NO_IDENTITY, PENDING, _columns, _prepare, _row
 from maskdex.storage.digests import DigestSet, image_keys
 from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
+from maskdex.storage.schemas import FAILED, OK
 
 # Alpha-CLIP is the whole of a re-embed's model work, so its actors take a core each (the index job
 # gives them a quarter, beside SAM 2's); on GPU nodes the GPU reservation decides placement.
@@ -52,10 +54,10 @@ def run_reembed(source_db: str, db: str, settings: IndexSettings = IndexSettings
     started = time.perf_counter()
     if _same_location(source_db, db):
         raise ValueError(f"--from and --db both name {db}: a re-embed writes a new database beside the old one")
-    source = IndexStore.open(source_db, models=None, embed_dim=None, read_only=True)
-    preset = reembed_preset(settings.models, source.models)
+    source = IndexStore.open(source_db, fingerprint=None, embed_dim=None, read_only=True)
+    preset = reembed_preset(settings.models, source.fingerprint)
     settings = IndexSettings(**{**settings.__dict__, "models": preset.name})
-    store = IndexStore.open(db, models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(db, fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     writer = IndexWriter(store, CommitPolicy(settings.commit_every, settings.commit_rows, settings.commit_seconds,
                                              settings.compact_every))
     summary = IndexSummary(action="re-embedded")
@@ -71,7 +73,7 @@ def run_reembed(source_db: str, db: str, settings: IndexSettings = IndexSettings
         summary.startup_seconds = progress.startup_seconds
     writer.close()
     if settings.build_index:
-        summary.index = store.maybe_build_index()
+        summary.index = store.upkeep.maybe_build_index()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -105,13 +107,13 @@ def read_stored(batch: dict[str, np.ndarray], *, source_db: str, max_pixels: int
     node = ray.get_runtime_context().get_node_id()
     columns = {name: [_plain(value) for value in batch[name]] for name in _CARRIED}
     rows = [dict(zip(_CARRIED, values)) for values in zip(*columns.values())]
-    ok = [row for row in rows if row["status"] == "ok"]
+    ok = [row for row in rows if row["status"] == OK]
     masks = _source(source_db).masks_of([row["image_id"] for row in ok]) if ok else {}
     read = dict(zip((row["uri"] for row in ok), read_inputs([row["uri"] for row in ok])))
     out = []
     for row in rows:
         identity = tuple(NO_IDENTITY if row[name] is None else int(row[name]) for name in ("source_size", "source_mtime_ns"))
-        if row["status"] != "ok":
+        if row["status"] != OK:
             out.append({**_row(row["uri"], row["image_id"], FAILED, row["error"] or "failed", identity=identity),
                         "regions": "[]", "metadata": row["metadata"] or ""})
             continue
@@ -177,7 +179,7 @@ _SOURCES: dict[str, IndexStore] = {}
 def _source(uri: str) -> IndexStore:
     # One read-only store per worker process: opening connects and reads both schemas.
     if uri not in _SOURCES:
-        _SOURCES[uri] = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+        _SOURCES[uri] = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     return _SOURCES[uri]
 
 

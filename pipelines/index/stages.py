@@ -14,18 +14,17 @@ import logging
 import numpy as np
 import ray
 import torch
-from PIL import Image
 
-from maskdex.operators.common import rle as rle_codec
-from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side
+from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side, to_original_size
 from maskdex.pipelines.common.shards import member_uri, metadata_json, read_samples
 from maskdex.pipelines.common.sources import read_bytes
 from maskdex.pipelines.index.claims import batch_key
 from maskdex.storage.digests import DigestSet, image_key, source_key
 from maskdex.storage.region_fragments import RegionFragmentWriter
-from maskdex.storage.schemas import MEMBER_SEPARATOR
+from maskdex.storage.schemas import FAILED, MEMBER_SEPARATOR, OK
 
-PENDING, OK, FAILED, SKIPPED, DUPLICATE = "pending", "ok", "failed", "skipped", "duplicate"
+# An input's way through the job: PENDING, then OK or FAILED (the row written), or SKIPPED or DUPLICATE (none written).
+PENDING, SKIPPED, DUPLICATE = "pending", "skipped", "duplicate"
 NO_IDENTITY = -1  # source_size / source_mtime_ns of an input that has none (a parquet row)
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 log = logging.getLogger(__name__)
@@ -202,7 +201,7 @@ class EmbedStage:
     same on every row of the batch): no region embedding travels to the driver."""
 
     def __init__(self, preset: str, weights: str | None, device: str, dtype: str | None, context: float | None,
-                 batch_size: int, threads: int, *, regions_uri: str, models: str, claims):
+                 batch_size: int, threads: int, *, regions_uri: str, fingerprint: str, claims):
         import torch
 
         from maskdex.operators.registry.presets import alpha_clip_encoder
@@ -210,9 +209,9 @@ class EmbedStage:
         torch.set_num_threads(max(1, threads))
         self.encoder = alpha_clip_encoder(preset, weights=weights, device=device, dtype=dtype, context=context,
                                           batch_size=batch_size)
-        self.models = models
+        self.fingerprint = fingerprint  # of the index's models, written on every images row
         self.claims = claims
-        self.writer = RegionFragmentWriter(regions_uri, dim=self.encoder.embed_dim, models=models)
+        self.writer = RegionFragmentWriter(regions_uri, dim=self.encoder.embed_dim, models=fingerprint)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _writable_status(batch)
@@ -226,7 +225,7 @@ class EmbedStage:
             if status != PENDING:
                 image_embeddings.append(no_embedding)
                 if status == FAILED:
-                    images.append(image_row(_at(batch, index), self.models, n_regions=0))
+                    images.append(image_row(_at(batch, index), self.fingerprint, n_regions=0))
                 continue
             image = batch["image"][index]
             found = json.loads(batch["regions"][index])
@@ -239,7 +238,7 @@ class EmbedStage:
             if error is not None:
                 batch["status"][index], batch["error"][index] = FAILED, error
                 image_embeddings.append(no_embedding)
-                images.append(image_row(_at(batch, index), self.models, n_regions=0))
+                images.append(image_row(_at(batch, index), self.fingerprint, n_regions=0))
                 continue
             batch["status"][index] = OK
             image_embeddings.append(result[1].numpy().astype(np.float32))
@@ -247,7 +246,7 @@ class EmbedStage:
             image_id = str(batch["image_id"][index])
             regions += region_rows(image_id, [to_original_size(r, full_size) for r in found],
                                    result[0].numpy().astype(np.float32))
-            images.append(image_row({**_at(batch, index), "image_embedding": image_embeddings[-1]}, self.models,
+            images.append(image_row({**_at(batch, index), "image_embedding": image_embeddings[-1]}, self.fingerprint,
                                     n_regions=len(found)))
         image_rows, written = self.writer.write(images, regions)
         counts = {row["image_id"]: row["n_regions"] for row in image_rows}
@@ -269,15 +268,16 @@ class EmbedStage:
                 batch["status"][index], batch["error"][index] = DUPLICATE, ""
 
 
-def image_row(row: dict, models: str, *, n_regions: int | None = None) -> dict:
-    """The images row of one input, from the stages' fields (and its n_regions, when known)."""
+def image_row(row: dict, fingerprint: str, *, n_regions: int | None = None) -> dict:
+    """The images row of one input, from the stages' fields (and its n_regions, when known); fingerprint:
+    the index's models (its `models` column)."""
     ok = row["status"] == OK
     return {
         "image_id": str(row["image_id"]), "uri": str(row["uri"]), "width": int(row["width"]),
         "height": int(row["height"]), "status": OK if ok else FAILED, "error": None if ok else str(row["error"]),
         "n_regions": int(row["n_regions"] if n_regions is None else n_regions),
         "embedding": np.asarray(row["image_embedding"], dtype=np.float32) if ok else None,
-        "models": models,
+        "models": fingerprint,
         **{name: (int(row[name]) if name in row and int(row[name]) != NO_IDENTITY else None)
            for name in ("source_size", "source_mtime_ns")},
         "metadata": str(row.get("metadata") or "") or None,
@@ -311,13 +311,3 @@ def _object_column(values: list) -> np.ndarray:
     column = np.empty(len(values), dtype=object)
     column[:] = values
     return column
-
-
-def to_original_size(region: dict, size: tuple[int, int]) -> dict:
-    """A region found on the downscaled working image, re-expressed in the original image's pixels."""
-    if list(region["rle"]["size"]) == list(size):
-        return region
-    mask = rle_codec.decode(region["rle"])
-    upscaled = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
-    rle = rle_codec.encode(upscaled)
-    return {**region, "rle": rle, "bbox": rle_codec.bbox(rle), "area": rle_codec.area(rle)}

@@ -16,7 +16,7 @@ def build_index(db: str, capsys, *flags: str) -> dict:
 
 def test_build_index_retrains_an_outgrown_index_and_refreshes_one_that_fits(tmp_path, capsys):
     db = str(tmp_path / "index")
-    store = IndexStore.open(db, models="build-index-test", embed_dim=DIM)
+    store = IndexStore.open(db, fingerprint="build-index-test", embed_dim=DIM)
     store.commit(*index_rows(clustered_embeddings(2000, DIM, cluster_size=20), regions_per_image=5))
     first = build_index(db, capsys, "--force")  # 2,000 rows: below MIN_ROWS, so only by force
     assert (first["vector_index"], first["trained_rows"]) == ("built", 2000)
@@ -30,4 +30,4 @@ def test_build_index_retrains_an_outgrown_index_and_refreshes_one_that_fits(tmp_
 
     again = build_index(db, capsys)
     assert (again["vector_index"], again["trained_rows"]) == ("refreshed", 4500)
-    assert IndexStore.open(db, models=None, embed_dim=None, read_only=True).stats()["unindexed_rows"] == 0
+    assert IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True).stats()["unindexed_rows"] == 0

@@ -97,7 +97,7 @@ def test_read_commands_on_a_missing_database_create_nothing(tmp_path, capsys):
 
 def tiny_index(db: Path, images: int = 60) -> None:
     tiny = PRESETS["tiny"]
-    store = IndexStore.open(str(db), models=tiny.fingerprint, embed_dim=embedding_dim(tiny.alpha_clip))
+    store = IndexStore.open(str(db), fingerprint=tiny.fingerprint, embed_dim=embedding_dim(tiny.alpha_clip))
     store.commit(*index_rows(clustered_embeddings(images * 5, embedding_dim(tiny.alpha_clip), cluster_size=5),
                              regions_per_image=5))
 
@@ -151,7 +151,7 @@ def test_a_run_that_indexes_nothing_fails_and_one_bad_file_of_many_does_not(tmp_
     shutil.rmtree(ray_dir, ignore_errors=True)
     assert done.returncode == 0, done.stderr  # 1 of 3 tried failed; notes.jpg was done before
     assert "ok 2, failed 1, already indexed 1" in done.stdout
-    assert IndexStore.open(str(tmp_path / "db"), models=None, embed_dim=None, read_only=True).stats()["images_failed"] == 2
+    assert IndexStore.open(str(tmp_path / "db"), fingerprint=None, embed_dim=None, read_only=True).stats()["images_failed"] == 2
 
 
 def test_model_commands_name_the_missing_files_of_the_models_they_load(tmp_path, capsys, monkeypatch):

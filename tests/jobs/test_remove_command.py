@@ -29,7 +29,7 @@ def _counts(db: str) -> tuple[int, int]:
 def test_remove_by_id_file_and_prefix_with_dry_run_and_bad_input(tmp_path):
     db = str(tmp_path / "db")
     images, regions = index_rows(clustered_embeddings(120, 16, cluster_size=10), regions_per_image=4)
-    IndexStore.open(db, models="remove-cli-test", embed_dim=16).commit(images, regions)
+    IndexStore.open(db, fingerprint="remove-cli-test", embed_dim=16).commit(images, regions)
     ids = [row["image_id"] for row in images]  # 30 images, uris file:///synthetic/000000NN.jpg
 
     dry = maskdex("remove", "--db", db, "--uri-prefix", "file:///synthetic/0000001", "--dry-run", "--json")

@@ -36,8 +36,8 @@ class Clock:
 
 def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_images(tmp_path):
     uri = str(tmp_path / "index")
-    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
-    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
+    reader = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=5, background_upkeep=False))
     found_during_run = set()
     for number in range(60):
@@ -60,19 +60,19 @@ def test_many_small_commits_end_in_few_fragments_and_search_sees_committed_image
 
 
 def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(commit_images=2, compact_every=4))
     for number in range(40):
         assert writer.add(*worker_write(store, number)) == [True]
     writer.close()
-    writer.store.compact()  # what run_index's closing maybe_build_index does
+    writer.store.upkeep.tidy()  # what run_index's closing maybe_build_index does
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
     assert writer.tidies >= 1 and stats["regions_fragments"] <= 2, stats
 
 
 def test_commits_are_sized_by_images_rows_and_time(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     clock = Clock()
     writer = IndexWriter(store, CommitPolicy(commit_images=100, commit_rows=10, commit_seconds=5.0), clock=clock)
     writer.add(*worker_write(store, 0, n_regions=4))
@@ -91,7 +91,7 @@ def test_commits_are_sized_by_images_rows_and_time(tmp_path):
 
 def test_duplicates_collapse_against_the_buffer_and_the_table(tmp_path):
     uri = str(tmp_path / "index")
-    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
     store.commit(*[[row] if isinstance(row, dict) else row for row in image_with_regions(0)])
     writer = IndexWriter(store, CommitPolicy(commit_images=10))
     assert writer.add(*worker_write(store, 0)) == [False], "stored before the run"
@@ -107,7 +107,7 @@ def test_duplicates_collapse_against_the_buffer_and_the_table(tmp_path):
 
 
 def test_a_write_that_mixes_taken_and_new_images_is_refused(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(commit_images=10))
     assert writer.add(*worker_write(store, 0)) == [True]
     with pytest.raises(ValueError, match="store that image's regions twice"):
@@ -142,7 +142,7 @@ def test_digest_sets_match_digests_ending_in_zero_bytes():
 
 
 def test_known_ids_and_sources_cost_a_fixed_width_per_image(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     images, regions = [], []
     for number in range(20):
         image, its_regions = image_with_regions(number, 1)
@@ -168,19 +168,19 @@ def test_an_older_images_table_gains_the_source_columns_when_opened_writable(tmp
     db_old.create_table("images", schema=pa.schema(old_fields, metadata=current.metadata))
     image, regions = image_with_regions(0)
 
-    reader = IndexStore.open(old_uri, models=None, embed_dim=None, read_only=True)
+    reader = IndexStore.open(old_uri, fingerprint=None, embed_dim=None, read_only=True)
     assert len(reader.known_sources()) == 0  # read_only never changes the table, and still works
     assert "source_size" not in lancedb.connect(old_uri).open_table("images").schema.names
 
-    store = IndexStore.open(old_uri, models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(old_uri, fingerprint=MODELS, embed_dim=DIM)
     assert {"source_size", "source_mtime_ns"} <= set(lancedb.connect(old_uri).open_table("images").schema.names)
-    assert store.models == MODELS and store.embed_dim == DIM  # the build record survived
+    assert store.fingerprint == MODELS and store.embed_dim == DIM  # the build record survived
     store.commit([{**image, "source_size": 5, "source_mtime_ns": 6}], regions)
     assert source_key(image["uri"], 5, 6) in store.known_sources()
 
 
 def test_small_fragments_of_worker_writes_are_merged_every_few_writes(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(commit_images=4, compact_every=1000, upkeep_rows=10**6, merge_fragments=8,
                                              background_upkeep=False))
     for number in range(0, 64, 2):  # 32 writes of 2 images, one fragment each; a commit every 2 writes
@@ -195,21 +195,21 @@ def test_small_fragments_of_worker_writes_are_merged_every_few_writes(tmp_path):
 
 
 def test_tidy_beside_a_training_merges_only_new_fragments_and_both_commit(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     for first in range(0, 300, 50):  # 6 fragments of 100 regions
         store.commit_written(*worker_write(store, *range(first, first + 50)))
-    snapshot = store.regions_snapshot()  # what a training in flight reads
+    snapshot = store.upkeep.regions_snapshot()  # what a training in flight reads
     frozen = {fragment.fragment_id for fragment in snapshot.get_fragments()}
     for number in range(300, 340, 2):  # 20 small fragments committed meanwhile
         store.commit_written(*worker_write(store, number, number + 1))
-    assert store.tidy(frozen=frozen) == 19  # the 20 new ones became one; the frozen ones stayed
-    assert {f.fragment_id for f in store.regions_snapshot().get_fragments()} >= frozen
-    report = store.train_vector_index(snapshot)  # commits after the merge, on the snapshot's rows
+    assert store.upkeep.tidy(frozen=frozen) == 19  # the 20 new ones became one; the frozen ones stayed
+    assert {f.fragment_id for f in store.upkeep.regions_snapshot().get_fragments()} >= frozen
+    report = store.upkeep.train_vector_index(snapshot)  # commits after the merge, on the snapshot's rows
     assert (report["vector_index"], report["regions"]) == ("built", 600)
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], stats["regions_fragments"]) == (340, 680, 7)
     assert stats["indexed"] and stats["unindexed_rows"] == 80  # the merged fragment, until the next tidy
-    store.tidy()
+    store.upkeep.tidy()
     assert store.stats()["unindexed_rows"] == 0
 
 
@@ -217,13 +217,13 @@ def test_background_trainings_during_a_run_lose_no_row(tmp_path, monkeypatch):
     # A small MIN_ROWS so that the run trains its vector index, and retrains it as it doubles,
     # on the training thread while commits and tidies go on.
     monkeypatch.setattr(vector_index, "MIN_ROWS", 300)
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     writer = IndexWriter(store, CommitPolicy(commit_images=8, upkeep_rows=32, retrain_growth=2.0))
     for number in range(0, 800, 4):
         assert writer.add(*worker_write(store, *range(number, number + 4))) == [True] * 4
     writer.close()
     assert writer.index_reports and all(report["vector_index"] == "built" for report in writer.index_reports)
-    store.tidy()
+    store.upkeep.tidy()
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], stats["unindexed_rows"]) == (800, 1600, 0)
     # 200 worker writes. Lance merges only fragments that the same index segments cover, so each
@@ -239,7 +239,7 @@ def test_a_run_trains_with_few_partitions_and_the_closing_upkeep_sizes_them_for_
     # Folds cost CPU per row and partition, so trainings during a run are capped (run_partitions);
     # the upkeep after the run (what run_index calls) retrains with sqrt(rows) partitions.
     monkeypatch.setattr(vector_index, "MIN_ROWS", 300)
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     policy = CommitPolicy(commit_images=8, upkeep_rows=32, retrain_growth=2.0, run_partitions=2,
                           background_upkeep=False)
     writer = IndexWriter(store, policy)
@@ -253,11 +253,11 @@ def test_a_run_trains_with_few_partitions_and_the_closing_upkeep_sizes_them_for_
     assert last_partitions == 2 < vector_index.VectorIndexParams.for_table(last_rows, DIM).num_partitions, trained
     # 1,600 regions call for 6 partitions (sqrt, at most rows / 256): 3x the run's, so it is due.
     assert vector_index.VectorIndexParams.for_table(1600, DIM).num_partitions == 6
-    assert store.vector_index_due()
-    assert not store.vector_index_due(growth=policy.retrain_growth, max_partitions=policy.run_partitions)
-    report = store.maybe_build_index()
+    assert store.upkeep.vector_index_due()
+    assert not store.upkeep.vector_index_due(growth=policy.retrain_growth, max_partitions=policy.run_partitions)
+    report = store.upkeep.maybe_build_index()
     assert (report["vector_index"], report["num_partitions"], report["trained_rows"]) == ("built", 6, 1600)
-    assert not store.vector_index_due()
+    assert not store.upkeep.vector_index_due()
     image, regions = image_with_regions(321, 2)
     assert store.search(regions[0]["embedding"], k=1)[0]["image_id"] == image["image_id"]
 
@@ -268,15 +268,15 @@ def test_run_partitions_must_be_positive():
 
 
 def test_each_tidy_indexes_new_rows_in_a_segment_and_merges_them_at_the_cap(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     store.commit_written(*worker_write(store, *range(150)))  # 300 regions
-    store.train_vector_index(store.regions_snapshot())
+    store.upkeep.train_vector_index(store.upkeep.regions_snapshot())
     segments = []
     for number in range(150, 150 + vector_index.MAX_INDEX_SEGMENTS + 2):
         store.commit_written(*worker_write(store, number))
-        store.tidy()
+        store.upkeep.tidy()
         assert store.stats()["unindexed_rows"] == 0
-        index = next(i for i in store.regions_snapshot().describe_indices() if i.name == vector_index.VECTOR_INDEX_NAME)
+        index = next(i for i in store.upkeep.regions_snapshot().describe_indices() if i.name == vector_index.VECTOR_INDEX_NAME)
         segments.append(len(index.segments))
     cap = vector_index.MAX_INDEX_SEGMENTS
     assert segments == list(range(2, cap + 1)) + [2, 3, 4], segments

@@ -27,10 +27,10 @@ def test_fragments_written_by_a_ray_task_commit_the_same_rows_as_the_row_path(tm
         regions += its_regions
     images.append({"image_id": "f" * 64, "uri": "/bad.jpg", "status": "failed", "error": "truncated"})
     row_path = str(tmp_path / "rows")
-    IndexStore.open(row_path, models=MODELS, embed_dim=DIM).commit(images, regions)
+    IndexStore.open(row_path, fingerprint=MODELS, embed_dim=DIM).commit(images, regions)
 
     fragment_path = str(tmp_path / "fragments")
-    store = IndexStore.open(fragment_path, models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(fragment_path, fingerprint=MODELS, embed_dim=DIM)
 
     @ray_local.remote
     def worker(dataset_uri, images, regions):
@@ -50,7 +50,7 @@ def test_fragments_written_by_a_ray_task_commit_the_same_rows_as_the_row_path(tm
 
 def test_a_crash_between_the_fragments_and_the_images_rows_leaves_nothing_after_a_writable_open(tmp_path):
     uri = str(tmp_path / "index")
-    store = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
     store.commit_written(*worker_write(store, 0))
     images, written = worker_write(store, 1, n_regions=3)
     # The crash: commit_written appended the fragments, and died before adding the images rows.
@@ -61,21 +61,21 @@ def test_a_crash_between_the_fragments_and_the_images_rows_leaves_nothing_after_
     crashed = images[0]["image_id"]
     assert crashed not in {hit["image_id"] for hit in store.search(image_with_regions(1, 3)[1][0]["embedding"])}
 
-    reopened = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    reopened = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
     assert counts(reopened) == (1, 2) and reopened.regions_of(crashed) == []
     assert reopened.commit_written(*worker_write(reopened, 1, n_regions=3)) == 1  # the re-run
     assert counts(reopened) == (2, 5) and len(reopened.regions_of(crashed)) == 3
 
 
 def test_appends_commit_beside_a_compaction_and_lose_nothing(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     done = threading.Event()
     errors = []
 
     def compact_until_done():
         try:
             while not done.is_set():
-                store.compact()
+                store.upkeep.tidy()
         except Exception as error:  # surfaced by the assertion below
             errors.append(error)
 
@@ -94,7 +94,7 @@ def test_appends_commit_beside_a_compaction_and_lose_nothing(tmp_path):
 
 
 def test_commit_written_refuses_what_would_orphan_or_repeat_regions(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     images, written = worker_write(store, 0, 1)
     with pytest.raises(ValueError, match="account for 2 regions but the fragments hold 4 rows"):
         store.commit_written(images[:1], written)
@@ -107,7 +107,7 @@ def test_commit_written_refuses_what_would_orphan_or_repeat_regions(tmp_path):
 
 
 def test_a_writer_of_another_build_is_refused_before_it_writes(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     with pytest.raises(ModelMismatchError, match="this writer makes"):
         RegionFragmentWriter(store.regions_dataset_uri, dim=DIM * 2, models=MODELS)
     with pytest.raises(ModelMismatchError, match="this writer makes"):

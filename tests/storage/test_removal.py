@@ -35,10 +35,10 @@ def _index(uri: str, images: int, *, segmented: int = 0, build: bool = True) -> 
     """An index of `images` images of PER_IMAGE clustered regions; the first `segmented` get a segmentation."""
     embeddings = clustered_embeddings(images * PER_IMAGE, DIM, seed=3, cluster_size=40)
     image_rows, region_rows = index_rows(embeddings, PER_IMAGE)
-    store = IndexStore.open(uri, models="test-build", embed_dim=DIM)
+    store = IndexStore.open(uri, fingerprint="test-build", embed_dim=DIM)
     store.commit(image_rows, region_rows)
     if build:
-        assert store.build_index()["vector_index"] == "built"
+        assert store.upkeep.build_index()["vector_index"] == "built"
     if segmented:
         SegmentationStore.open(uri).commit(KEY, [_segmentation(r["image_id"], r["uri"]) for r in image_rows[:segmented]])
     return image_rows, embeddings
@@ -56,8 +56,8 @@ def _searched_ids(store: IndexStore, queries: np.ndarray, *, exact: bool) -> set
 def test_removal_by_id_and_by_prefix_leaves_no_trace_in_search_and_the_others_untouched(tmp_path):
     uri = str(tmp_path / "db")
     images, embeddings = _index(uri, 600, segmented=40)  # 12,000 regions: an IVF_PQ index
-    store = IndexStore.open(uri, models=None, embed_dim=None)
-    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)  # a service started earlier
+    store = IndexStore.open(uri, fingerprint=None, embed_dim=None)
+    reader = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)  # a service started earlier
     by_id = [images[n]["image_id"] for n in (0, 3, 7, 250, 599)]
     prefix = "file:///synthetic/000001"  # images 100-199
     by_prefix = [row["image_id"] for row in images if row["uri"].startswith(prefix)]
@@ -116,7 +116,7 @@ def test_a_removal_killed_part_way_leaves_each_image_present_or_gone_and_a_rerun
     start = images_table.version
     # Chunks of 4 images: 60 chunks of three commits, so a kill lands in the middle.
     script = ("import sys; from maskdex.storage import removal; from maskdex.storage.index_store import IndexStore; "
-              "store = IndexStore.open(sys.argv[1], models=None, embed_dim=None); "
+              "store = IndexStore.open(sys.argv[1], fingerprint=None, embed_dim=None); "
               "removal.remove_images(store, removal.read_ids_file(sys.argv[2]), chunk=4)")
     process = subprocess.Popen([sys.executable, "-c", script, uri, str(ids_file)], cwd=REPO)
     deadline = time.monotonic() + 120
@@ -137,7 +137,7 @@ def test_a_removal_killed_part_way_leaves_each_image_present_or_gone_and_a_rerun
     for image_id in present:  # fully present: every region and its segmentation
         assert per_image.get(image_id) == PER_IMAGE and image_id in segmentations
     # Fully gone for every reader: search never shows an image without its row.
-    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+    reader = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     numbers = [ids.index(i) for i in removed]
     queries = embeddings[[n * PER_IMAGE for n in numbers]]
     assert not _searched_ids(reader, queries, exact=True) & set(removed)
@@ -153,13 +153,13 @@ def test_a_removal_killed_part_way_leaves_each_image_present_or_gone_and_a_rerun
 def test_bad_ids_and_an_empty_prefix_are_refused(tmp_path):
     uri = str(tmp_path / "db")
     _index(uri, 3, build=False)
-    store = IndexStore.open(uri, models=None, embed_dim=None)
+    store = IndexStore.open(uri, fingerprint=None, embed_dim=None)
     with pytest.raises(ValueError, match="not an image id"):
         removal.remove_images(store, ["x' OR 1=1 --"])
     with pytest.raises(ValueError, match="empty"):
         removal.images_under(store, "")
     with pytest.raises(ValueError, match="read_only"):
-        removal.remove_images(IndexStore.open(uri, models=None, embed_dim=None, read_only=True), ["a" * 64])
+        removal.remove_images(IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True), ["a" * 64])
     bad = tmp_path / "ids.txt"
     bad.write_text("# takedown 12\n" + "a" * 64 + "\nnot-an-id\n")
     with pytest.raises(ValueError, match="line 3"):

@@ -15,13 +15,13 @@ CLUSTER_SIZE = 300
 
 @pytest.mark.slow
 def test_ann_recall_at_10_against_exact_search(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models="recall-test", embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint="recall-test", embed_dim=DIM)
     embeddings = clustered_embeddings(ROWS, DIM, cluster_size=CLUSTER_SIZE)
     for start in range(0, ROWS, COMMIT_ROWS):
         store.commit(*index_rows(embeddings[start:start + COMMIT_ROWS], REGIONS_PER_IMAGE,
                                  first_image=start // REGIONS_PER_IMAGE))
 
-    report = store.maybe_build_index()
+    report = store.upkeep.maybe_build_index()
     assert report["vector_index"] == "built" and report["num_partitions"] == round(np.sqrt(ROWS))
 
     recalls = []

@@ -20,7 +20,7 @@ def at_cosine(query: np.ndarray, cosine: float, seed: int) -> np.ndarray:
 @pytest.fixture
 def store(tmp_path) -> IndexStore:
     """400 images of 5 regions from clustered embeddings (enough rows to train a small index)."""
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     store.commit(*index_rows(clustered_embeddings(2000, DIM, cluster_size=20), regions_per_image=5))
     return store
 
@@ -42,7 +42,7 @@ def test_planted_region_comes_first_with_that_region(store):
 
 
 def test_an_image_scores_by_its_best_region(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     query = unit(np.arange(1, DIM + 1, dtype=np.float32))
     cosines = {0: [0.5, 0.9, 0.1], 1: [0.8, 0.7], 2: [0.85]}
     images = [image_row(n, query) for n in cosines]
@@ -71,7 +71,7 @@ def test_filters_on_area_and_image_ids(store):
 
 
 def test_widens_when_the_nearest_regions_crowd_into_few_images(tmp_path):
-    store = IndexStore.open(str(tmp_path / "index"), models=MODELS, embed_dim=DIM)
+    store = IndexStore.open(str(tmp_path / "index"), fingerprint=MODELS, embed_dim=DIM)
     query = unit(np.ones(DIM, dtype=np.float32))
     crowded = image_row(0, query)
     others = [image_row(n, query) for n in range(1, 8)]
@@ -80,7 +80,7 @@ def test_widens_when_the_nearest_regions_crowd_into_few_images(tmp_path):
     store.commit([crowded, *others], regions)
     for indexed in (False, True):
         if indexed:
-            store.build_index(force=True)
+            store.upkeep.build_index(force=True)
         results = store.search(query, k=5, oversample=2)  # the first 400 rows all belong to image 0
         assert len(results) == 5
         assert results[0]["image_id"] == crowded["image_id"]
@@ -92,7 +92,7 @@ def test_search_before_and_after_the_index_and_on_unindexed_rows(store):
     before = [exact_image_ranking(store, q, 10) for q in queries]
     assert [store.search(q, k=10) for q in queries] == [store.search(q, k=10, exact=True) for q in queries]
 
-    report = store.build_index(force=True)
+    report = store.upkeep.build_index(force=True)
     assert report["vector_index"] == "built" and report["metric"] == "cosine"
     assert DIM % report["num_sub_vectors"] == 0
     assert store.stats()["indexed"] and store.stats()["unindexed_rows"] == 0
@@ -108,16 +108,16 @@ def test_search_before_and_after_the_index_and_on_unindexed_rows(store):
         planted = store.regions_of(image_id(n))[2]
         assert store.search(planted["embedding"], k=1)[0]["region"]["region_id"] == planted["region_id"]
 
-    assert store.maybe_build_index()["vector_index"] == "refreshed"
+    assert store.upkeep.maybe_build_index()["vector_index"] == "refreshed"
     assert store.stats()["unindexed_rows"] == 0
     assert store.search(store.regions_of(image_id(1009))[2]["embedding"], k=1)[0]["image_id"] == image_id(1009)
 
 
 def test_small_tables_skip_the_vector_index_unless_forced(store):
-    report = store.build_index()
+    report = store.upkeep.build_index()
     assert report["vector_index"] == "skipped" and "below" in report["reason"]
     assert report["scalar_indexes"] == ["images.image_id", "regions.image_id", "regions.area"]
-    assert store.maybe_build_index() is None
+    assert store.upkeep.maybe_build_index() is None
     assert not store.stats()["indexed"]
 
 
@@ -131,10 +131,10 @@ def test_bad_queries(store):
 
 
 def test_maybe_build_index_retrains_once_the_table_has_doubled(store):
-    assert store.build_index(force=True)["trained_rows"] == 2000
+    assert store.upkeep.build_index(force=True)["trained_rows"] == 2000
     images, regions = index_rows(clustered_embeddings(2500, DIM, seed=3), regions_per_image=5, first_image=1000)
     store.commit(images, regions)
-    report = store.maybe_build_index()
+    report = store.upkeep.maybe_build_index()
     assert report["vector_index"] == "built" and report["trained_rows"] == 4500
     assert store.stats()["vector_index"]["trained_rows"] == 4500
 
@@ -144,17 +144,17 @@ def test_a_reader_sees_new_commits_and_new_indexes_within_a_second(store, tmp_pa
     an index built by another store still show in its results within its consistency interval."""
     import time
 
-    reader = IndexStore.open(store.uri, models=None, embed_dim=None, read_only=True)
+    reader = IndexStore.open(store.uri, fingerprint=None, embed_dim=None, read_only=True)
     query = unit(np.arange(1, DIM + 1, dtype=np.float32))
     first = reader.search(query, k=5)
     assert reader.search(query, k=5) == first  # the second answer comes from the caches, unchanged
     planted = at_cosine(query, 0.999, seed=5)
     store.commit([image_row(9000, planted)], [region_row(image_id(9000), 0, planted)])
-    store.build_index(force=True)
+    store.upkeep.build_index(force=True)
     time.sleep(1.0)
     found = reader.search(query, k=5)
     assert found[0]["image_id"] == image_id(9000) and found[0]["uri"] == "file:///synthetic/00009000.jpg"
-    assert reader._search_settings(reader._regions.version) is not None  # the new vector index is used
+    assert reader.upkeep.search_settings(reader.regions_table.version) is not None  # the new vector index is used
     assert len({r["image_id"] for r in found} & set(exact_image_ranking(reader, query, 5))) >= 4
 
 

@@ -42,13 +42,13 @@ def uri(tmp_path) -> str:
 
 @pytest.fixture
 def store(uri) -> IndexStore:
-    return IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    return IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
 
 
 def test_create_then_reopen_with_whatever_it_was_built_with(store, uri):
     store.commit(*one_image(0))
-    reopened = IndexStore.open(uri, models=None, embed_dim=None, create=False)
-    assert (reopened.models, reopened.embed_dim) == (MODELS, DIM)
+    reopened = IndexStore.open(uri, fingerprint=None, embed_dim=None, create=False)
+    assert (reopened.fingerprint, reopened.embed_dim) == (MODELS, DIM)
     assert counts(reopened) == (1, 2)
 
 
@@ -68,16 +68,16 @@ def test_tables_have_the_design_schema(store, uri):
 
 def test_opening_with_another_preset_names_both(store, uri):
     with pytest.raises(ModelMismatchError, match=re.escape(f"built with models {MODELS!r}, not 'other-preset'")):
-        IndexStore.open(uri, models="other-preset", embed_dim=DIM)
+        IndexStore.open(uri, fingerprint="other-preset", embed_dim=DIM)
     with pytest.raises(ModelMismatchError, match="16-dimensional embeddings, not 32"):
-        IndexStore.open(uri, models=MODELS, embed_dim=32)
+        IndexStore.open(uri, fingerprint=MODELS, embed_dim=32)
 
 
 def test_missing_index_and_incomplete_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="no maskdex index"):
-        IndexStore.open(str(tmp_path / "none"), models=MODELS, embed_dim=DIM, create=False)
+        IndexStore.open(str(tmp_path / "none"), fingerprint=MODELS, embed_dim=DIM, create=False)
     with pytest.raises(ValueError, match="needs models and a positive embed_dim"):
-        IndexStore.open(str(tmp_path / "none"), models=None, embed_dim=None)
+        IndexStore.open(str(tmp_path / "none"), fingerprint=None, embed_dim=None)
 
 
 def test_commit_writes_regions_before_the_images_row(store, uri):
@@ -104,7 +104,7 @@ def test_reopen_deletes_regions_left_by_a_crashed_commit(store, uri):
     assert counts(store) == (1, 5)
     assert crashed_image["image_id"] not in {r["image_id"] for r in store.search(crashed_regions[0]["embedding"])}
 
-    reopened = IndexStore.open(uri, models=MODELS, embed_dim=DIM)
+    reopened = IndexStore.open(uri, fingerprint=MODELS, embed_dim=DIM)
     assert counts(reopened) == (1, 2)
     assert reopened.regions_of(crashed_image["image_id"]) == []
     assert reopened.commit([crashed_image], crashed_regions) == 1
@@ -115,7 +115,7 @@ def test_read_only_neither_recovers_nor_writes(store, uri):
     image, regions = image_with_regions(1)
     batch = prepare_batch([image], regions, dim=DIM, models=MODELS)
     lancedb.connect(uri).open_table("regions").add(batch.regions_table(DIM, MODELS))
-    reader = IndexStore.open(uri, models=None, embed_dim=None, read_only=True)
+    reader = IndexStore.open(uri, fingerprint=None, embed_dim=None, read_only=True)
     assert counts(reader) == (0, 2)
     with pytest.raises(ValueError, match="opened read_only"):
         reader.commit([image], regions)

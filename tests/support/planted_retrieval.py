@@ -64,7 +64,7 @@ def build_planted(tmp_path):
     """The planted index (a LanceDB directory under tmp_path) and its COCO-format annotations file."""
     preset = get_preset("tiny")
     queries = alpha_clip_encoder(preset, device="cpu").embed_texts(list(QUERIES)).double().numpy()
-    store = IndexStore.open(str(tmp_path / "db"), models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(str(tmp_path / "db"), fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     rng = np.random.default_rng(0)
     images, regions = [], []
     for name, planted_regions in PLANTED.items():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from maskdex.operators.common import rle
 from maskdex.pipelines.fewshot.segment_index import SegmentIndexSettings, Selection, run_segment_index
-from maskdex.pipelines.fewshot.segment_job import SegmentRequest
+from maskdex.pipelines.fewshot.request import SegmentSpec
 from maskdex.pipelines.fewshot.segmenter import SegmentSettings
 from maskdex.operators.rns.method import RNSSettings
 from maskdex.storage.segmentation_store import SegmentationStore
@@ -30,8 +30,8 @@ def segmented(service):
     settings = SegmentIndexSettings(segment=SegmentSettings(device="cpu", rns=RNSSettings(steps=60)))
     # The service's replicas hold some of the shared instance's CPUs.
     settings = replace(settings, actors=replace(settings.actors, num_cpus=0.5))
-    patch = run_segment_index(service.db, SegmentRequest("corpus"), Selection(), settings)
-    region = run_segment_index(service.db, SegmentRequest("corpus", mode="region", seed=4), Selection(), settings)
+    patch = run_segment_index(service.db, SegmentSpec("corpus"), Selection(), settings)
+    region = run_segment_index(service.db, SegmentSpec("corpus", mode="region", seed=4), Selection(), settings)
     assert patch.ok == region.ok == len(service.photos) and patch.failed == region.failed == 0
     return SegmentationStore.open(service.db, create=False), patch.key, region.key
 

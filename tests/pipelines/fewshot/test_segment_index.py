@@ -21,7 +21,7 @@ from PIL import Image
 
 from maskdex.jobs.cli import main
 from maskdex.pipelines.fewshot.segment_index import SegmentIndexSettings, Selection, run_segment_index
-from maskdex.pipelines.fewshot.segment_job import SegmentRequest
+from maskdex.pipelines.fewshot.request import SegmentSpec
 from maskdex.pipelines.fewshot.segmenter import Segmenter
 from maskdex.pipelines.index.job import run_index
 from maskdex.storage import IndexStore
@@ -124,7 +124,7 @@ def test_a_killed_job_resumes_and_segments_every_image_exactly_once(corpus, ray_
     rows = segmentations(db, seed=11)
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)) == N_IMAGES
-    assert set(ids) == set(IndexStore.open(db, models=None, embed_dim=None, read_only=True).image_uris())
+    assert set(ids) == set(IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True).image_uris())
     for row in rows:
         assert row["status"] == "ok" and row["classes"] == ["brick", "grass", "sand", "sky"]
         labels = labels_of(row)
@@ -141,7 +141,7 @@ def test_a_killed_job_resumes_and_segments_every_image_exactly_once(corpus, ray_
 def test_each_result_equals_maskdex_segment_on_the_same_image_and_seed(corpus, tmp_path, capsys, mode):
     db, paths = corpus
     chosen = [str(path) for path in paths[:3]]
-    index = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+    index = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
     wanted = {image_id for image_id, uri in index.image_uris().items() if uri in chosen}
     # The job over every image, the heads of three images trained together per call.
     assert main(["segment-index", "--db", db, "--set", "scenes", "--all", "--mode", mode, "--seed", "3",
@@ -164,7 +164,7 @@ def test_each_result_equals_maskdex_segment_on_the_same_image_and_seed(corpus, t
 
 def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path, ray_local):
     db, paths = indexed_db(tmp_path, 4, seed=33)
-    index = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+    index = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
     ids = {uri: image_id for image_id, uri in index.image_uris().items()}
     gone, changed = paths[0], paths[1]
     shutil.move(gone, tmp_path / "away.png")
@@ -172,7 +172,7 @@ def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path,
     Image.fromarray(np.zeros((64, 80, 3), dtype=np.uint8)).save(changed)
 
     settings = SegmentIndexSettings(segment=SEGMENT_SETTINGS)
-    request = SegmentRequest("scenes", ("sky", "grass", "brick", "sand"))
+    request = SegmentSpec("scenes", ("sky", "grass", "brick", "sand"))
     summary = run_segment_index(db, request, Selection(), settings)
     assert (summary.ok, summary.failed) == (2, 2)
     store = SegmentationStore.open(db, create=False)
@@ -198,7 +198,7 @@ def test_failures_are_recorded_with_their_cause_and_retried_on_request(tmp_path,
     from maskdex.pipelines.search import TextSearcher
 
     top = [hit["image_id"] for hit in TextSearcher(db, device="cpu").search("a red brick wall", k=2)]
-    searched = run_segment_index(db, SegmentRequest("scenes", seed=5), Selection("a red brick wall", k=2), settings)
+    searched = run_segment_index(db, SegmentSpec("scenes", seed=5), Selection("a red brick wall", k=2), settings)
     assert searched.selected == searched.ok == 2
     assert sorted(row["image_id"] for row in store.rows(searched.key)) == sorted(top)
 

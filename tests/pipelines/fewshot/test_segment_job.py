@@ -9,7 +9,8 @@ from PIL import Image
 
 from maskdex.jobs.cli import main
 from maskdex.pipelines.fewshot.segmenter import Segmenter
-from maskdex.pipelines.fewshot.segment_job import SegmentRequest, output_names, segment_many
+from maskdex.pipelines.fewshot.request import SegmentSpec
+from maskdex.pipelines.fewshot.segment_job import output_names, segment_many
 from tests.support.synthetic import NAMES, SEGMENT_SETTINGS, add_scenes, scene
 
 
@@ -59,7 +60,7 @@ def test_many_images_are_segmented_on_an_actor_pool(db, tmp_path, ray_local):
     unreadable.write_text("this is a text file with a .png name\n")
     out = tmp_path / "out"
     summaries = segment_many([images[0], str(unreadable), *images[1:]], db, str(out),
-                             SegmentRequest("scenes", classes=("sand", "sky", "grass", "brick")), SEGMENT_SETTINGS)
+                             SegmentSpec("scenes", classes=("sand", "sky", "grass", "brick")), SEGMENT_SETTINGS)
     assert [summary["image"] for summary in summaries] == [images[0], str(unreadable), *images[1:]]
     assert str(unreadable) in summaries[1]["error"]
     for summary, image in zip([summaries[0], *summaries[2:]], images):
@@ -68,7 +69,7 @@ def test_many_images_are_segmented_on_an_actor_pool(db, tmp_path, ray_local):
                                              for kind in ("labels.png", "overlay.png", "json"))
 
     with pytest.raises(ValueError, match="no support set 'nope'"):
-        segment_many(images, db, str(out), SegmentRequest("nope"), SEGMENT_SETTINGS)
+        segment_many(images, db, str(out), SegmentSpec("nope"), SEGMENT_SETTINGS)
 
 
 @pytest.mark.slow  # the command's own RNS settings: the paper's 700 steps

@@ -26,7 +26,7 @@ def test_region_mode_reuses_the_stored_masks_of_an_indexed_image(tmp_path, ray_l
 
     result = segmenter.segment(str(path), "scenes", mode="region")
     assert result.regions == "index"
-    index = IndexStore.open(db, models=None, embed_dim=None, read_only=True)
+    index = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True)
     stored = index.regions_of(result.image_id)
     assert stored
     masks = torch.from_numpy(np.stack([rle_codec.decode(region["rle"]) for region in stored]))

@@ -75,7 +75,7 @@ def test_appending_with_another_preset_is_refused(tmp_path, ray_local):
     corpus = build_corpus(tmp_path / "corpus", photos=("coffee",), with_bad=False)
     db = str(tmp_path / "db")
     run_index([str(corpus.ok[0])], db, SETTINGS)
-    store = IndexStore.open(db, models=None, embed_dim=None, create=False)
+    store = IndexStore.open(db, fingerprint=None, embed_dim=None, create=False)
     assert store.stats()["images_ok"] == 1
     with pytest.raises(ValueError, match="tiny"):
         run_index([str(corpus.ok[0])], db, IndexSettings(models="fast"))

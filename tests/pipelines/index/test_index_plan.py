@@ -1,4 +1,4 @@
-from maskdex.pipelines.index.job import IndexSettings, StageResources, plan_actors, resolve_device
+from maskdex.pipelines.index.job import IndexSettings, StageResources, plan_actors, settings_for_cluster
 
 
 def test_actor_pools_are_sized_to_what_the_cluster_can_place():
@@ -28,10 +28,10 @@ def test_the_default_plan_fills_the_cluster_with_single_threaded_sam_actors():
 
 
 def test_device_auto_is_decided_by_the_cluster_and_reserves_the_gpus_it_uses():
-    on_gpus = resolve_device(IndexSettings(), {"CPU": 16.0, "GPU": 2.0})
+    on_gpus = settings_for_cluster(IndexSettings(), {"CPU": 16.0, "GPU": 2.0})
     assert on_gpus.device == "cuda" and on_gpus.sam.num_gpus == 1.0 and on_gpus.clip.num_gpus == 1.0
     assert plan_actors({"CPU": 16.0, "GPU": 2.0}, on_gpus) == (1, 1)
-    assert resolve_device(IndexSettings(), {"CPU": 16.0}).device == "cpu"
+    assert settings_for_cluster(IndexSettings(), {"CPU": 16.0}).device == "cpu"
     halves = IndexSettings(device="auto", sam=StageResources(num_gpus=0.5))
-    assert resolve_device(halves, {"CPU": 4.0, "GPU": 1.0}).sam.num_gpus == 0.5, "an explicit share is kept"
-    assert resolve_device(IndexSettings(device="cpu"), {"CPU": 4.0, "GPU": 1.0}).device == "cpu"
+    assert settings_for_cluster(halves, {"CPU": 4.0, "GPU": 1.0}).sam.num_gpus == 0.5, "an explicit share is kept"
+    assert settings_for_cluster(IndexSettings(device="cpu"), {"CPU": 4.0, "GPU": 1.0}).device == "cpu"

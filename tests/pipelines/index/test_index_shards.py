@@ -146,7 +146,7 @@ def test_an_unfinished_shard_skips_its_committed_samples_by_key(tmp_path, ray_lo
         handle.seek(offset + 200)
         handle.write(bytes(reversed(images["astronaut"][200:1200])))
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    IndexStore.open(str(db), models=None, embed_dim=None).forget_finished_shards()
+    IndexStore.open(str(db), fingerprint=None, embed_dim=None).forget_finished_shards()
     again = run_index([str(shard)], str(db), SETTINGS)
     assert (again.inputs, again.skipped, again.unread, again.ok, again.failed) == (2, 2, 0, 0, 0), again.render()
     assert len(_rows(db)) == 2

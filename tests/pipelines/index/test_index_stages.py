@@ -25,13 +25,13 @@ def _batch(images, statuses):
 
 def test_a_model_error_fails_only_its_image_and_names_the_cause(tmp_path, ray_local):
     preset = get_preset("tiny")
-    store = IndexStore.open(str(tmp_path / "db"), models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(str(tmp_path / "db"), fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     good = data.coffee()[:120, :160]
     broken = np.zeros((0, 7, 3), np.uint8)  # SAM 2 cannot take an image without pixels
     batch = _batch([good, broken, good], [PENDING, PENDING, "skipped"])
     masks = MaskStage("tiny", None, "cpu", None, {}, threads=1)
     embed = EmbedStage("tiny", None, "cpu", None, 0.5, 64, threads=1, regions_uri=store.regions_dataset_uri,
-                       models=store.models, claims=start_claims())
+                       fingerprint=store.fingerprint, claims=start_claims())
     out = embed(masks(batch))
     assert list(out["status"]) == [OK, FAILED, "skipped"]
     assert out["error"][1].startswith("SAM 2 failed: BadImageError") and "no pixels" in out["error"][1]
@@ -75,11 +75,11 @@ def test_claims_give_each_image_one_input_and_a_retried_batch_its_own_again(ray_
 
 def test_a_batch_retried_after_its_claim_commits_its_regions_once(tmp_path, ray_local):
     preset = get_preset("tiny")
-    store = IndexStore.open(str(tmp_path / "db"), models=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
+    store = IndexStore.open(str(tmp_path / "db"), fingerprint=preset.fingerprint, embed_dim=embedding_dim(preset.alpha_clip))
     batch = _batch([data.coffee()[:120, :160], data.chelsea()[:100, :140]], [PENDING, PENDING])
     masks = MaskStage("tiny", None, "cpu", None, {}, threads=1)
     embed = EmbedStage("tiny", None, "cpu", None, 0.5, 64, threads=1, regions_uri=store.regions_dataset_uri,
-                       models=store.models, claims=start_claims())
+                       fingerprint=store.fingerprint, claims=start_claims())
     masked = masks(batch)
     first = embed(masked)  # claimed and wrote; then, say, its actor died before the output reached the driver
     retry = embed(masked)  # Ray Data runs the batch again
@@ -89,7 +89,7 @@ def test_a_batch_retried_after_its_claim_commits_its_regions_once(tmp_path, ray_
 
     def deliver(out):
         rows = [{key: values[i] for key, values in out.items()} for i in range(len(out["uri"]))]
-        return writer.add([image_row(row, store.models) for row in rows], RegionFragments.from_json(rows[0]["fragments"]))
+        return writer.add([image_row(row, store.fingerprint) for row in rows], RegionFragments.from_json(rows[0]["fragments"]))
 
     assert deliver(retry) == [True, True]
     assert deliver(first) == [False, False], "were the first attempt's output delivered too, it is dropped"

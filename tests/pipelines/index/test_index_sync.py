@@ -78,7 +78,7 @@ def test_sync_follows_deleted_overwritten_and_moved_files_reading_only_what_chan
     regions = _region_images(db)
     assert not {ids["coffee"], ids["chelsea"]} & set(regions)
     assert regions.count(new_chelsea) == images[new_chelsea]["n_regions"]
-    stats = IndexStore.open(db, models=None, embed_dim=None, read_only=True).stats()
+    stats = IndexStore.open(db, fingerprint=None, embed_dim=None, read_only=True).stats()
     assert stats["last_sync"]["removed"] == 2 and stats["last_sync"]["sources"] == [str(folder)]
 
     # Moved: the same bytes under another name keep their row (and regions), re-pointed.

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from maskdex.operators.registry.presets import embedding_dim, get_preset
-from maskdex.pipelines.index.job import index_dataset, resolve_device, run_index
+from maskdex.pipelines.index.job import index_dataset, settings_for_cluster, run_index
 from maskdex.pipelines.index.stages import NO_IDENTITY
 from maskdex.storage.index_store import IndexStore
 from tests.support.corpus import index_settings
@@ -33,9 +33,9 @@ def test_no_region_embedding_reaches_the_driver(tmp_path, ray_local):
     files = _photos(tmp_path / "photos")
     preset = get_preset("tiny")
     dim = embedding_dim(preset.alpha_clip)
-    store = IndexStore.open(str(tmp_path / "db"), models=preset.fingerprint, embed_dim=dim)
+    store = IndexStore.open(str(tmp_path / "db"), fingerprint=preset.fingerprint, embed_dim=dim)
     cluster = ray.cluster_resources()
-    settings = resolve_device(index_settings(read_batch_size=1), cluster)
+    settings = settings_for_cluster(index_settings(read_batch_size=1), cluster)
     dataset = index_dataset(store, [(str(path), NO_IDENTITY, NO_IDENTITY) for path in files], [], store.known_ids(),
                             settings, cluster)
     batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
