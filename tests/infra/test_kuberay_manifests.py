@@ -169,6 +169,14 @@ def test_serving_pods_are_ready_only_when_the_app_can_answer_a_search():
         assert probe["timeoutSeconds"] > _READY_WAIT_S
 
 
+def test_the_service_runs_the_ingress_maskdex_serve_runs():
+    """Every pod of the service has Serve's HAProxy switch, as `maskdex serve` sets it for a local Ray."""
+    from maskdex.jobs.serve.app import HAPROXY_ENV
+
+    for _, container in _containers(_manifest("rayservice.yaml")):
+        assert _env(container)[HAPROXY_ENV]["value"] == "1", container["name"]
+
+
 def test_the_index_jobs_actors_fit_its_workers():
     from maskdex.jobs.cli import build_parser
 
