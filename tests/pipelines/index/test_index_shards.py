@@ -167,7 +167,7 @@ def test_shards_follow_sync_and_removal(tmp_path, ray_local):
 
     # A removed sample makes its shard unfinished: the next run opens that shard (only), skips the
     # samples that still have rows by key, and indexes the removed one again, as for a removed file.
-    assert remove_images(IndexStore.open(str(db), models=None, embed_dim=None), [ids["coffee"]]).images == 1
+    assert remove_images(IndexStore.open(str(db), fingerprint=None, embed_dim=None), [ids["coffee"]]).images == 1
     again = run_index([str(shards / "{00000..00002}.tar")], str(db), SETTINGS)
     assert (again.ok, again.unread) == (1, 4), again.render()  # shards 1 and 2 unopened
     assert ids["coffee"] in {row["image_id"] for row in _rows(db)}
