@@ -180,10 +180,11 @@ def _run(store: IndexStore, sources: list[str], expanded, parquet_columns, prese
         store.forget_finished_shards()
     summary = IndexSummary()
     identities = identify(expanded.files)
-    plan = (SyncPlan(sources, expanded.files, identities, dict(zip(expanded.shards, identify(expanded.shards))))
+    shard_identities = identify(expanded.shards)  # one listing call each, shared by the sync and the resume
+    plan = (SyncPlan(sources, expanded.files, identities, dict(zip(expanded.shards, shard_identities)))
             if settings.sync else None)
     files = unfinished(store, expanded.files, summary, identities)
-    shards = unfinished_shards(store, expanded.shards, summary)
+    shards = unfinished_shards(store, expanded.shards, shard_identities, summary)
     if not files and not shards and not expanded.parquet:  # nothing to do: no Ray, no models
         return _finish(summary, store, plan, settings, started)
     init_ray(address)
@@ -404,14 +405,15 @@ def _parquet_columns(parquet: list[str]) -> tuple[str, str | None] | None:
     return bytes_column, next((c for c in ("key", "url") if c in names), None)
 
 
-def unfinished_shards(store: IndexStore, shards: list[str], summary: IndexSummary) -> list[tuple[str, int, int]]:
+def unfinished_shards(store: IndexStore, shards: list[str], identities: list[tuple[int, int] | None],
+                      summary: IndexSummary) -> list[tuple[str, int, int]]:
     """(uri, size, mtime_ns) of each tar shard not recorded as finished under its identity (-1s when
     it has none); the samples of the others are counted as skipped, decided without opening them."""
     if not shards:
         return []
     finished = store.finished_shards()
     todo = []
-    for uri, identity in zip(shards, identify(shards)):
+    for uri, identity in zip(shards, identities):
         samples = finished.get(source_key(uri, *identity)) if identity else None
         if samples is None:
             todo.append((uri, *(identity or (NO_IDENTITY, NO_IDENTITY))))
