@@ -104,13 +104,15 @@ def images_under(store: IndexStore, uri_prefix: str) -> dict[str, str]:
     return found
 
 
-def images_with_ids(store: IndexStore, image_ids: list[str]) -> dict[str, str]:
-    """image_id -> uri of those of image_ids the index holds."""
-    found: dict[str, str] = {}
+def images_with_ids(store: IndexStore, image_ids: list[str]) -> dict[str, tuple[str, int | None, int | None]]:
+    """image_id -> (uri, source_size, source_mtime_ns) of those of image_ids the index holds."""
+    found: dict[str, tuple[str, int | None, int | None]] = {}
+    columns = ["image_id", "uri", "source_size", "source_mtime_ns"]
     for chunk in chunks(image_ids, CHUNK):
         table = store.images_table.search().where(f"image_id IN {sql_strings(chunk)}") \
-            .select(["image_id", "uri"]).limit(None).to_arrow()
-        found.update(zip(table["image_id"].to_pylist(), table["uri"].to_pylist()))
+            .select(columns).limit(None).to_arrow()
+        image_ids_, *rest = (table[name].to_pylist() for name in columns)
+        found.update(zip(image_ids_, zip(*rest)))
     return found
 
 
@@ -124,7 +126,7 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
     found = images_with_ids(store, image_ids)
     report = RemovalReport(not_found=[i for i in image_ids if i not in found], dry_run=dry_run)
     ordered = sorted(found)
-    report.uris = [found[image_id] for image_id in ordered]
+    report.uris = [found[image_id][0] for image_id in ordered]
     segmentations = _segmentations(store.uri)
     if dry_run:
         for part in chunks(ordered, chunk):
@@ -136,7 +138,7 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
         raise ValueError(f"cannot remove images: the index at {store.uri} was opened read_only")
     # Ids asked for but without an images row may still have regions, left by a removal killed part
     # way: deleting by them too is what makes a rerun finish the job.
-    containers = _containers(store, ordered, chunk)
+    containers = _containers(found[image_id] for image_id in ordered)
     for part in chunks(ordered + report.not_found, chunk):
         where = f"image_id IN {sql_strings(part)}"
         report.images += store.images_table.delete(where).num_deleted_rows
@@ -156,17 +158,12 @@ def remove_images(store: IndexStore, image_ids: list[str], *, dry_run: bool = Fa
     return report
 
 
-def _containers(store: IndexStore, image_ids: list[str], chunk: int) -> list[tuple[str, int, int]]:
+def _containers(identities) -> list[tuple[str, int, int]]:
     """(container uri, size, mtime_ns) of the images that are members of a container (uri `FILE#KEY`:
-    a tar shard's sample or a parquet row) with a recorded identity: the container's."""
-    found = []
-    for part in chunks(image_ids, chunk):
-        table = store.images_table.search() \
-            .where(f"image_id IN {sql_strings(part)} AND source_size IS NOT NULL AND strpos(uri, {sql_string(MEMBER_SEPARATOR)}) > 0") \
-            .select(["uri", "source_size", "source_mtime_ns"]).limit(None).to_arrow()
-        for uri, size, mtime in zip(*(table.column(name).to_pylist() for name in table.column_names)):
-            found.append((uri.rpartition(MEMBER_SEPARATOR)[0], size, mtime))
-    return found
+    a tar shard's sample or a parquet row) with a recorded identity: the container's.
+    identities: (uri, source_size, source_mtime_ns) of each image."""
+    return [(uri.rpartition(MEMBER_SEPARATOR)[0], size, mtime) for uri, size, mtime in identities
+            if size is not None and MEMBER_SEPARATOR in uri]
 
 
 def _drop_orphan_segmentations(store: IndexStore, segmentations: SegmentationStore) -> int:

@@ -14,6 +14,7 @@ to the replicas: it may need the cluster's credentials.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from maskdex.jobs.serve.config import ServiceConfig
@@ -69,7 +70,10 @@ def _missing_weights(preset: str, weights: str | None, *, database: bool) -> lis
         missing = missing_weights(preset, weights)
     except ValueError as error:  # an unknown preset name
         return [f"maskdex.preset: {error}"]
-    except OSError:  # an object store this host cannot list (its credentials may be the workers' only)
+    except OSError as error:  # an object store this host cannot list (its credentials may be the workers' only)
+        print(f"maskdex serve: the weights at {weights_location(weights)} could not be listed from this host "
+              f"({type(error).__name__}: {error}); not checked here, the replicas will look for them",
+              file=sys.stderr)
         return []
     if not missing:
         return []

@@ -87,3 +87,20 @@ def test_a_replica_that_fails_in_its_constructor_has_its_cause_on_the_console(se
     cause = report.split("deployment TextEncoder failed to start:", 1)[1].splitlines()[0]
     assert "cuda" in cause.lower() and ("Error" in cause or "Exception" in cause), report
     assert "Failed to update the deployments" not in report
+
+
+def test_weights_in_an_object_store_this_host_cannot_reach_are_left_to_the_replicas_with_a_notice(
+        tmp_path, monkeypatch, capsys):
+    # The replicas may hold credentials the host that runs `maskdex serve` lacks: not a reason to refuse,
+    # but the console says that the weights were not checked, and why.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("MASKDEX_ALLOW_DOWNLOAD", raising=False)
+    with pytest.raises(ServicePreflightError) as refused:
+        build_app({"maskdex": {"db": str(tmp_path / "db"), "preset": "fast", "weights": "s3://weights-bucket/maskdex"}})
+    assert "no such directory" in str(refused.value) and "weight file" not in str(refused.value)
+    notice = capsys.readouterr().err
+    assert "the weights at s3://weights-bucket/maskdex could not be listed from this host" in notice
+    assert "Could not connect" in notice or "OSError" in notice
