@@ -12,8 +12,9 @@ segmentations, so a rerun of the removal (or, for the regions, any index run) fi
 until then they are invisible. Every image is, at any moment a reader looks, fully present or gone.
 
 Deleted rows are hidden at once (Lance deletion files, honoured by flat and ANN search alike) and
-leave the data files when a compaction rewrites their fragment: the tidy after a removal rewrites the
-fragments that lost more than a tenth of their rows; `stats` counts the rest (`deleted_rows`).
+leave the data files when a compaction rewrites their fragment: the tidy after a removal rewrites
+every fragment that lost rows (storage/index_upkeep.py says why: search is slower while any remain);
+`stats` counts what a removal killed before its tidy left (`deleted_rows`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import ray
@@ -39,8 +40,9 @@ from maskdex.storage.index_store import IndexStore
 from maskdex.storage.index_writer import CommitPolicy, IndexWriter
 from maskdex.storage.schemas import FAILED, OK
 
-# Alpha-CLIP is the whole of a re-embed's model work, so its actors take a core each (the index job
-# gives them a quarter, beside SAM 2's); on GPU nodes the GPU reservation decides placement.
+# Alpha-CLIP is the whole of a re-embed's model work, so its actors take up to a core each (the index
+# job gives them a quarter, beside SAM 2's; plan_clip_actors shares the cores out); on GPU nodes the GPU
+# reservation decides placement.
 REEMBED_CLIP = StageResources(max_actors=None, num_cpus=1.0, batch_size=16)
 # The images columns a re-embed carries over from the source database (the rest it computes).
 _CARRIED = ("image_id", "uri", "status", "error", "source_size", "source_mtime_ns", "metadata")
@@ -87,17 +89,36 @@ def reembed_dataset(source: IndexStore, store: IndexStore, todo: list[dict], set
         read_stored, fn_kwargs={"source_db": source.uri, "max_pixels": settings.max_pixels,
                                 "max_side": settings.max_side},
         num_cpus=settings.read_num_cpus, batch_size=settings.read_batch_size, batch_format="numpy")
-    return embed_stage(dataset, store, settings, plan_clip_actors(cluster, settings))
+    actors, share = plan_clip_actors(cluster, settings, _largest_node_cpus())
+    return embed_stage(dataset, store, replace(settings, clip=replace(settings.clip, num_cpus=share)), actors)
 
 
-def plan_clip_actors(cluster: dict, settings: IndexSettings) -> int:
-    """Alpha-CLIP actors that fit beside one read task: the whole job, as no SAM 2 runs."""
+def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: float | None = None) -> tuple[int, float]:
+    """Alpha-CLIP actors beside one read task, and the CPUs each reserves: the whole job, as no SAM 2 runs.
+
+    On CPUs: a single-threaded actor per core, each reserving at most clip.num_cpus and an equal share
+    of what the read task leaves on a node (2 cores: 2 actors of 0.875). Whole-core reservations
+    would place one actor on 2 cores and leave the other core to reads that need a tenth of it.
+    largest_node_cpus (default: the cluster's CPUs, one node) sizes the share. With GPUs, the GPU
+    reservation decides the count and clip.num_cpus is kept."""
     clip = settings.clip
-    budget = {"CPU": float(cluster.get("CPU", 0.0)) - settings.read_num_cpus, "GPU": float(cluster.get("GPU", 0.0))}
-    counts = [int(budget[key] // need + 1e-9) for key, need in (("CPU", clip.num_cpus), ("GPU", clip.num_gpus))
-              if need > 0]
-    fits = min(counts) if counts else (clip.max_actors or 1)
-    return max(1, fits if clip.max_actors is None else min(clip.max_actors, fits))
+    cpus = float(cluster.get("CPU", 0.0))
+    if clip.num_gpus > 0:
+        budget = {"CPU": cpus - settings.read_num_cpus, "GPU": float(cluster.get("GPU", 0.0))}
+        counts = [int(budget[key] // need + 1e-9) for key, need in (("CPU", clip.num_cpus), ("GPU", clip.num_gpus))
+                  if need > 0]
+        fits, share = min(counts), clip.num_cpus
+    else:
+        node_left = (largest_node_cpus or cpus) - settings.read_num_cpus
+        share = min(clip.num_cpus, node_left / max(1, round(node_left))) if node_left > 0 else clip.num_cpus
+        fits = int((cpus - settings.read_num_cpus) // share + 1e-9)
+    actors = max(1, fits if clip.max_actors is None else min(clip.max_actors, fits))
+    return actors, share
+
+
+def _largest_node_cpus() -> float | None:
+    cpus = [float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
+    return max(cpus) if cpus else None
 
 
 def read_stored(batch: dict[str, np.ndarray], *, source_db: str, max_pixels: int, max_side: int) -> dict[str, np.ndarray]:

@@ -12,8 +12,9 @@ from PIL import Image
 from skimage import data
 
 from maskdex.operators.registry.presets import get_preset, reembed_preset
-from maskdex.pipelines.index.job import run_index
-from maskdex.pipelines.index.reembed import run_reembed
+from maskdex.pipelines.common.ray_pools import StageResources
+from maskdex.pipelines.index.job import IndexSettings, run_index
+from maskdex.pipelines.index.reembed import REEMBED_CLIP, plan_clip_actors, run_reembed
 from tests.support.corpus import index_settings
 
 # max_side below the photos' size: the index downscales them for SAM 2, so the re-embed must bring the
@@ -66,6 +67,21 @@ def test_reembed_keeps_masks_and_gives_the_index_jobs_embeddings(tmp_path, ray_l
 
     again = run_reembed(str(old), str(new), replace(SETTINGS, models="tiny-seed1"))
     assert (again.ok, again.failed, again.skipped) == (0, 0, 4)
+
+
+def test_the_reembed_plan_keeps_every_core_busy_and_a_slot_for_reads():
+    settings = IndexSettings(clip=REEMBED_CLIP)
+    for cpus in (1, 2, 3, 16):
+        actors, share = plan_clip_actors({"CPU": float(cpus)}, settings)
+        assert actors == max(1, round(cpus - settings.read_num_cpus))  # one single-threaded actor per core
+        assert actors * share + settings.read_num_cpus <= cpus + 1e-9 and share <= REEMBED_CLIP.num_cpus
+    # Two nodes of 2 cores: each node holds 2 actors and still has a read task's slot.
+    actors, share = plan_clip_actors({"CPU": 4.0}, settings, largest_node_cpus=2.0)
+    assert actors == 4 and 2 * share + settings.read_num_cpus <= 2.0 + 1e-9
+    # GPUs decide where there are GPUs; max_actors caps.
+    gpu = replace(settings, clip=StageResources(max_actors=None, num_cpus=1.0, num_gpus=1.0))
+    assert plan_clip_actors({"CPU": 16.0, "GPU": 4.0}, gpu) == (4, 1.0)
+    assert plan_clip_actors({"CPU": 16.0}, replace(settings, clip=replace(REEMBED_CLIP, max_actors=3)))[0] == 3
 
 
 def test_the_sam2_part_must_be_the_sources(tmp_path):
