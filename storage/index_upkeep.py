@@ -64,6 +64,9 @@ class IndexUpkeep:
         if not frozen:
             _fold_new_rows(dataset)
         dataset.cleanup_old_versions(older_than=keep_versions_for)
+        # The images table too: every search looks its hits' images up there, and `stats` should
+        # count no removed row once a removal is tidied.
+        self._images.to_lance().optimize.compact_files(materialize_deletions_threshold=0.0)
         self._images.optimize(cleanup_older_than=keep_versions_for)
         return stats.fragments_removed - stats.fragments_added
 

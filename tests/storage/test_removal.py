@@ -105,12 +105,12 @@ def test_removal_by_id_and_by_prefix_leaves_no_trace_in_search_and_the_others_un
     assert stats["images_ok"] == 600 - len(gone) and stats["regions"] == (600 - len(gone)) * PER_IMAGE
     # The tidy after a removal rewrote every regions fragment that lost rows: Lance's ANN search takes a
     # slow path while any fragment under the vector index has a deletion file.
-    assert stats["deleted_rows"]["regions"] == 0
+    assert stats["deleted_rows"] == {"images": 0, "regions": 0}
     # What a removal stopped before its tidy leaves is counted, and the next tidy takes it away.
     removal.remove_images(store, [images[1]["image_id"]], tidy=False)
     assert store.stats()["deleted_rows"]["regions"] == PER_IMAGE
     store.upkeep.tidy()
-    assert store.stats()["deleted_rows"]["regions"] == 0 and store.stats()["indexed"]
+    assert store.stats()["deleted_rows"] == {"images": 0, "regions": 0} and store.stats()["indexed"]
     assert images[1]["image_id"] not in _searched_ids(store, embeddings[[PER_IMAGE + 1]], exact=False)
 
 
