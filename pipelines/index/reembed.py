@@ -111,7 +111,7 @@ def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: 
     else:
         node_left = (largest_node_cpus or cpus) - settings.read_num_cpus
         share = min(clip.num_cpus, node_left / max(1, round(node_left))) if node_left > 0 else clip.num_cpus
-        fits = int((cpus - settings.read_num_cpus) // share + 1e-9)
+        fits = int((cpus - settings.read_num_cpus) / share + 1e-9)
     actors = max(1, fits if clip.max_actors is None else min(clip.max_actors, fits))
     return actors, share
 
