@@ -212,7 +212,9 @@ def test_fast_training_equals_the_reference_implementation():
         old = head_probabilities(reference[0][index], reference[1][index], patches)
         torch.testing.assert_close(new, old, atol=1e-6, rtol=0)
         assert torch.equal(new.argmax(dim=1), old.argmax(dim=1))
-    torch.testing.assert_close(fast[0], reference[0], atol=2e-6, rtol=0)
+    # The two order their sums differently, so 700 Adam steps drift apart by float rounding, by how much
+    # depends on the CPU's BLAS kernels (up to 2.3e-6 on an AVX2 EPYC); the predictions above agree to 1e-6.
+    torch.testing.assert_close(fast[0], reference[0], atol=1e-5, rtol=0)
     assert (fast[0] - init_heads(2, 12, 64, [3, 4])[0]).abs().max() > 0.1  # it did train
 
 
