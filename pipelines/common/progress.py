@@ -28,11 +28,15 @@ def console():
 
 
 class Progress:
-    def __init__(self, what: str, total: int | None, *, unit: str = "images", every_s: float = 10.0, stream=None):
+    """clock: seconds, monotonic (time.monotonic; a test passes its own to state when results arrive)."""
+
+    def __init__(self, what: str, total: int | None, *, unit: str = "images", every_s: float = 10.0, stream=None,
+                 clock=time.monotonic):
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
         self.stream = stream
         self.done = 0
-        self.started = time.monotonic()
+        self._clock = clock
+        self.started = clock()
         self._first: tuple[float, int] | None = None  # (time, count) when the first result arrived
         self._last = self.started
 
@@ -42,7 +46,7 @@ class Progress:
         return None if self._first is None else self._first[0] - self.started
 
     def advance(self, n: int = 1) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._first is None:
             self._first = (now, n)
             self.done += n

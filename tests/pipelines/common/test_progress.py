@@ -3,30 +3,37 @@ import io
 from maskdex.pipelines.common.progress import Progress
 
 
+class _Clock:
+    """The times at which the test says things happen, in seconds."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_start_up_is_reported_apart_and_the_rate_counts_from_the_first_result():
-    stream = io.StringIO()
-    progress = Progress("index", 200, every_s=0.0, stream=stream)
-    assert progress.startup_seconds is None, "no result yet: no start-up to report"
+    stream, clock = io.StringIO(), _Clock()
+    progress = Progress("index", 200, every_s=0.0, stream=stream, clock=clock)
+    assert stream.getvalue() == ""  # no result yet: nothing to report
+    clock.now = 40.0
     progress.advance(50)
-    first = stream.getvalue().splitlines()[-1]
-    assert first.startswith("index: started in ") and first.endswith("; 50/200 images (25%)")
-    assert "images/s" not in first and "left" not in first  # nothing measured yet
-    startup = progress.startup_seconds
-    assert startup is not None, "the first result ends the start-up"
+    assert stream.getvalue().splitlines()[-1] == "index: started in 40s (Ray, workers, models); 50/200 images (25%)"
+    clock.now = 50.0  # 50 more in the 10 s after the first result: 5 images/s, 100 left
     progress.advance(50)
-    line = stream.getvalue().splitlines()[-1]
-    assert line.startswith("index: 100/200 images (50%), ") and "images/s" in line and "left" in line
-    assert progress.startup_seconds == startup, "later results do not move the start-up"
+    assert stream.getvalue().splitlines()[-1] == "index: 100/200 images (50%), 5.00 images/s, about 20s left"
+    assert progress.startup_seconds == 40.0  # what the summary reports: the first result's time only
 
 
 def test_progress_without_a_total_and_between_reports():
-    stream = io.StringIO()
-    progress = Progress("index", None, unit="rows", every_s=3600.0, stream=stream)
+    stream, clock = io.StringIO(), _Clock()
+    progress = Progress("index", None, unit="rows", every_s=30.0, stream=stream, clock=clock)
     progress.advance(7)
     assert len(stream.getvalue().splitlines()) == 1  # the start-up line
+    clock.now = 29.0
     progress.advance(1)
     assert len(stream.getvalue().splitlines()) == 1  # not yet time for a line
-    progress.every_s = 0.0
+    clock.now = 30.0
     progress.advance(1)
-    last = stream.getvalue().splitlines()[-1]
-    assert last.startswith("index: 9 rows, ") and "left" not in last
+    assert stream.getvalue().splitlines()[-1] == "index: 9 rows, 0.07 rows/s"  # 2 rows in 30 s; no total, no time left
