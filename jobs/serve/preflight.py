@@ -14,9 +14,9 @@ to the replicas: it may need the cluster's credentials.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+from maskdex.jobs.console import terminal
 from maskdex.jobs.serve.config import ServiceConfig
 
 
@@ -73,7 +73,7 @@ def _missing_weights(preset: str, weights: str | None, *, database: bool) -> lis
     except OSError as error:  # an object store this host cannot list (its credentials may be the workers' only)
         print(f"maskdex serve: the weights at {weights_location(weights)} could not be listed from this host "
               f"({type(error).__name__}: {error}); not checked here, the replicas will look for them",
-              file=sys.stderr)
+              file=terminal())  # not stderr: a quiet `maskdex serve` sends that to its log file
         return []
     if not missing:
         return []
