@@ -81,7 +81,7 @@ def _decoder_timer(model, timings):
 
 
 def run_case(name: str, repeats: int, device: str, dtype: str | None, compile: bool):
-    """One model: (rows of the table, fast/stock speed, matched share)."""
+    """One model: (rows of the table, its figures: speeds, the networks' share, matched share)."""
     points, iou_thresh, stability_thresh, photo_names = CASES[name]
     model = build_model(name)
     settings = SAM2_PRESETS["tiny"].mask_settings.replace(
@@ -110,22 +110,21 @@ def run_case(name: str, repeats: int, device: str, dtype: str | None, compile: b
 
     matches = [match_regions(s, f) for s, f in zip(results["stock"], results["fast"])]
     share = sum(m.matched for m in matches) / max(1, sum(m.expected for m in matches))
-    rows = []
+    rows, after, networks = [], {}, {}
     for amg in ("stock", "fast"):
         total = statistics.median(seconds[amg])
         split = {step: statistics.median(s.get(step, 0.0) for s in splits[amg]) for step in STEPS}
         other = max(0.0, total - sum(split.values()))
         rows.append((name, amg, len(images) / total, [split[step] / len(images) for step in STEPS], other / len(images),
                      sum(len(r) for r in results[amg]) / len(images)))
-    speed = statistics.median(seconds["stock"]) / statistics.median(seconds["fast"])
-    # What the generators do after the networks: the part the fast one rearranges (the encoder and
-    # decoder run the same weights on the same inputs in both).
-    after = {amg: statistics.median(total - split.get("encoder", 0.0) - split.get("decoder", 0.0)
-                                    for total, split in zip(seconds[amg], splits[amg])) for amg in ("stock", "fast")}
-    network = {amg: statistics.median(split.get("encoder", 0.0) + split.get("decoder", 0.0) for split in splits[amg])
-               for amg in ("stock", "fast")}
-    return rows, (speed, after["stock"] / max(after["fast"], 1e-9), network["fast"] / statistics.median(seconds["fast"])), \
-        share, len(images), points
+        # The encoder and decoder run the same weights on the same inputs in both generators; what
+        # comes after them is the part the fast one rearranges.
+        networks[amg] = split["encoder"] + split["decoder"]
+        after[amg] = max(total - networks[amg], 1e-9)
+    figures = {"speed": statistics.median(seconds["stock"]) / statistics.median(seconds["fast"]),
+               "after": after["stock"] / after["fast"], "networks": networks["fast"] / statistics.median(seconds["fast"]),
+               "share": share, "images": len(images), "points": points}
+    return rows, figures
 
 
 def main(args) -> None:
@@ -136,14 +135,13 @@ def main(args) -> None:
     print("|" + "---|" * (3 + len(STEPS) + 2))
     summary = {}
     for name in args.amg_models:
-        rows, speed, share, n_images, points = run_case(name, args.repeats, args.device, args.dtype, args.compile)
+        rows, summary[name] = run_case(name, args.repeats, args.device, args.dtype, args.compile)
         for model, amg, rate, split, other, masks in rows:
             print(f"| {model:16s} | {amg:5s} | {rate:8.3f} | " + " | ".join(f"{s:10.3f}" for s in split)
                   + f" | {other:8.3f} | {masks:9.1f} |")
-        summary[name] = (speed, share, n_images, points)
-    for name, ((speed, after, network), share, n_images, points) in summary.items():
-        print(f"{name} ({n_images} photos, {points}x{points} points): fast/stock speed {speed:.2f}, "
-              f"matched masks {share:.3f}; after the networks fast/stock {after:.2f}, the networks "
-              f"{network:.0%} of the fast generator's time")
-    last = "sam2.1-hiera-t" if "sam2.1-hiera-t" in summary else next(iter(summary))
-    print(f"amg fast/stock speed {summary[last][0][0]:.2f}, matched masks {summary[last][1]:.3f}")
+    for name, f in summary.items():
+        print(f"{name} ({f['images']} photos, {f['points']}x{f['points']} points): fast/stock speed {f['speed']:.2f}, "
+              f"matched masks {f['share']:.3f}; after the networks fast/stock {f['after']:.2f}, the networks "
+              f"{f['networks']:.0%} of the fast generator's time")
+    last = summary["sam2.1-hiera-t" if "sam2.1-hiera-t" in summary else next(iter(summary))]
+    print(f"amg fast/stock speed {last['speed']:.2f}, matched masks {last['share']:.3f}")
