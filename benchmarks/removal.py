@@ -104,6 +104,8 @@ def main() -> None:
                         help="queries whose recall is measured (exact searches, seconds each at 200k images)")
     parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "maskdex-removal-bench"))
     args = parser.parse_args()
+    if args.recall_queries < 1 or args.recall_queries > args.queries:
+        parser.error(f"--recall-queries must be between 1 and --queries ({args.queries}), got {args.recall_queries}")
     if args.images < 1000:
         parser.error(f"--images {args.images} is too few for a vector index; use at least 1000")
 
