@@ -32,7 +32,7 @@ from maskdex.operators.registry.presets import embedding_dim, reembed_preset
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, device_for_cluster, init_ray
 from maskdex.pipelines.common.sources import read_inputs
-from maskdex.pipelines.index.job import IndexSettings, IndexSummary, commit_results, embed_stage
+from maskdex.pipelines.index.job import IndexSettings, IndexSummary, commit_results, embed_stage, read_blocks
 from maskdex.pipelines.common.decode import to_original_size
 from maskdex.pipelines.index.stages import NO_IDENTITY, PENDING, _columns, _prepare, _row
 from maskdex.storage.digests import DigestSet, image_keys
@@ -84,23 +84,25 @@ def reembed_dataset(source: IndexStore, store: IndexStore, todo: list[dict], set
     """Stored images -> (read again, masks from the source) -> the index job's Alpha-CLIP stage."""
     # Sorted by uri, so members of one tar shard or parquet file share read batches (one pass each).
     todo = sorted(todo, key=lambda row: row["uri"])
-    blocks = -(-len(todo) // settings.read_batch_size)
+    blocks = read_blocks(len(todo), settings)
     dataset = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
         read_stored, fn_kwargs={"source_db": source.uri, "max_pixels": settings.max_pixels,
                                 "max_side": settings.max_side},
         num_cpus=settings.read_num_cpus, batch_size=settings.read_batch_size, batch_format="numpy")
-    actors, share = plan_clip_actors(cluster, settings, _largest_node_cpus())
+    actors, share = plan_clip_actors(cluster, settings, _largest_node_cpus(), blocks)
     return embed_stage(dataset, store, replace(settings, clip=replace(settings.clip, num_cpus=share)), actors)
 
 
-def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: float | None = None) -> tuple[int, float]:
+def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: float | None = None,
+                     blocks: int | None = None) -> tuple[int, float]:
     """Alpha-CLIP actors beside one read task, and the CPUs each reserves: the whole job, as no SAM 2 runs.
 
     On CPUs: a single-threaded actor per core, each reserving at most clip.num_cpus and an equal share
     of what the read task leaves on a node (2 cores: 2 actors of 0.875). Whole-core reservations
     would place one actor on 2 cores and leave the other core to reads that need a tenth of it.
     largest_node_cpus (default: the cluster's CPUs, one node) sizes the share. With GPUs, the GPU
-    reservation decides the count and clip.num_cpus is kept."""
+    reservation decides the count and clip.num_cpus is kept. Never more actors than read blocks
+    (plan_actors says why)."""
     clip = settings.clip
     cpus = float(cluster.get("CPU", 0.0))
     if clip.num_gpus > 0:
@@ -113,7 +115,7 @@ def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: 
         share = min(clip.num_cpus, node_left / max(1, round(node_left))) if node_left > 0 else clip.num_cpus
         fits = int((cpus - settings.read_num_cpus) / share + 1e-9)
     actors = max(1, fits if clip.max_actors is None else min(clip.max_actors, fits))
-    return actors, share
+    return (actors if blocks is None else max(1, min(actors, blocks))), share
 
 
 def _largest_node_cpus() -> float | None:

@@ -68,7 +68,13 @@ def test_background_upkeep_leaves_few_fragments_and_loses_no_row(tmp_path):
     writer.store.upkeep.tidy()  # what run_index's closing maybe_build_index does
     stats = store.stats()
     assert (stats["images_ok"], stats["regions"], writer.commits) == (40, 80, 20)
-    assert writer.tidies >= 1 and stats["regions_fragments"] <= 2, stats
+    # 20 commits wrote 20 fragments. Lance merges no fragment the scalar indexes cover with one they
+    # do not, and which rows the last background fold covered depends on thread timing, so the
+    # closing tidy (merge, then fold) leaves one fragment per coverage: 1 to 3 in 40 runs here. Once
+    # its fold has covered every row, the next tidy merges them into one.
+    assert writer.tidies >= 1 and stats["regions_fragments"] <= 3, stats
+    writer.store.upkeep.tidy()
+    assert store.stats()["regions_fragments"] == 1
 
 
 def test_commits_are_sized_by_images_rows_and_time(tmp_path):

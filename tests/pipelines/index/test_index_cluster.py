@@ -66,11 +66,10 @@ def _index(*args, timeout=600) -> dict:
 def test_killed_job_resumes_exactly_once(tmp_path):
     corpus = build_corpus(tmp_path / "corpus", photos=("astronaut", "coffee", "chelsea", "rocket", "camera"),
                           with_bad=False)
-    for index in range(15):  # more distinct images, so the kill lands part way
-        Image.open(corpus.ok[index % len(corpus.ok)]).rotate(90 + 90 * (index // 5), expand=True).save(
-            corpus.root / f"rotated_{index}.png")
-    total = len(corpus.ok) + 15
-    inputs = corpus.inputs + 15
+    for index in range(5):  # more distinct images, so the kill lands part way
+        Image.open(corpus.ok[index]).rotate(90, expand=True).save(corpus.root / f"rotated_{index}.png")
+    total = len(corpus.ok) + 5
+    inputs = corpus.inputs + 5
     db = tmp_path / "db"
     # Alpha-CLIP calls of 2 images commit in steps of 2, so the kill lands between commits.
     first = subprocess.Popen([MASKDEX, "index", str(corpus.root), "--db", str(db), "--commit-every", "2",

@@ -1,4 +1,4 @@
-from maskdex.pipelines.index.job import IndexSettings, StageResources, plan_actors, settings_for_cluster
+from maskdex.pipelines.index.job import IndexSettings, StageResources, plan_actors, read_blocks, settings_for_cluster
 
 
 def test_actor_pools_are_sized_to_what_the_cluster_can_place():
@@ -25,6 +25,15 @@ def test_the_default_plan_fills_the_cluster_with_single_threaded_sam_actors():
                             clip=StageResources(max_actors=None, num_cpus=0.25, num_gpus=1.0))
     assert plan_actors({"CPU": 64.0, "GPU": 8.0}, on_gpus) == (7, 1), "one GPU for Alpha-CLIP, the rest for SAM 2"
     assert plan_actors({"CPU": 64.0, "GPU": 1.0}, on_gpus) == (1, 1), "never below one actor per stage"
+
+
+def test_no_stage_starts_more_actors_than_the_files_have_read_blocks():
+    defaults = IndexSettings()
+    assert [read_blocks(files, defaults) for files in (1, 4, 5, 40)] == [1, 1, 2, 10]
+    assert plan_actors({"CPU": 16.0}, defaults, blocks=read_blocks(3, defaults)) == (1, 1)
+    assert plan_actors({"CPU": 16.0}, defaults, blocks=read_blocks(10, defaults)) == (3, 3)
+    assert plan_actors({"CPU": 16.0}, defaults, blocks=read_blocks(10_000, defaults)) == plan_actors({"CPU": 16.0}, defaults)
+    assert plan_actors({"CPU": 16.0}, defaults, blocks=0) == (1, 1)
 
 
 def test_device_auto_is_decided_by_the_cluster_and_reserves_the_gpus_it_uses():

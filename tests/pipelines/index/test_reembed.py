@@ -82,6 +82,9 @@ def test_the_reembed_plan_keeps_every_core_busy_and_a_slot_for_reads():
     gpu = replace(settings, clip=StageResources(max_actors=None, num_cpus=1.0, num_gpus=1.0))
     assert plan_clip_actors({"CPU": 16.0, "GPU": 4.0}, gpu) == (4, 1.0)
     assert plan_clip_actors({"CPU": 16.0}, replace(settings, clip=replace(REEMBED_CLIP, max_actors=3)))[0] == 3
+    # No more actors than read blocks: the rest would only load the model.
+    assert plan_clip_actors({"CPU": 16.0}, settings, blocks=3)[0] == 3
+    assert plan_clip_actors({"CPU": 16.0}, settings, blocks=40)[0] == 16
 
 
 def test_the_sam2_part_must_be_the_sources(tmp_path):
@@ -122,7 +125,7 @@ def test_a_killed_reembed_resumes_exactly_once_and_runs_no_sam2(tmp_path):
     from tests.support.paths import REPO
     from tests.support.sam2_calls import counting_env, sam2_calls
 
-    total = 20
+    total = 10  # 5 commits of 2: the kill after the first lands part way
     folder = _variants(tmp_path / "photos", total)
     old, new, calls = tmp_path / "old", tmp_path / "new", tmp_path / "sam2_calls"
     env = counting_env(ENV, calls)
