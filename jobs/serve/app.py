@@ -95,15 +95,7 @@ def failure_report(app_name: str) -> str:
     failed = [(name, deployment.message) for name, deployment in status.deployments.items()
               if deployment.status in (DeploymentStatus.DEPLOY_FAILED, DeploymentStatus.UNHEALTHY)]
     if failed:
-        causes = [(name, exception_line(message)) for name, message in failed]
-        # Once one deployment fails, Serve kills the replicas the others are still starting: their
-        # messages then say so, which is not why the service did not start.
-        stopped = [name for name, cause in causes if _KILLED_BY_SERVE in cause]
-        if len(stopped) == len(causes):
-            stopped = []
-        lines = [f"deployment {name} failed to start: {cause}" for name, cause in causes if name not in stopped]
-        if stopped:
-            lines.append(f"(Serve then stopped the replicas of {', '.join(stopped)} that were still starting)")
+        lines = [f"deployment {name} failed to start: {exception_line(message)}" for name, message in failed]
     elif status.status == ApplicationStatus.DEPLOY_FAILED and status.message:
         lines = [f"application {app_name} failed to build: {exception_line(status.message)}"]
     else:
@@ -111,7 +103,6 @@ def failure_report(app_name: str) -> str:
     return "\n".join(lines)
 
 
-_KILLED_BY_SERVE = "killed by `ray.kill`"
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", re.MULTILINE)
 
 
