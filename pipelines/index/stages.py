@@ -13,7 +13,6 @@ import logging
 
 import numpy as np
 import ray
-import torch
 
 from maskdex.pipelines.common.decode import DecodeError, decode_image, resize_longest_side, to_original_size
 from maskdex.pipelines.common.shards import member_uri, metadata_json, read_samples
@@ -148,6 +147,8 @@ def _run_with_retry(fn, what: str):
             if attempt == 2:
                 return None, f"{what} failed: {type(error).__name__}: {error}"
             log.warning("%s failed (%s), retrying once", what, error)
+            import torch
+
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
