@@ -345,9 +345,7 @@ def plan_actors(cluster: dict, settings: IndexSettings, blocks: int | None = Non
 
     One Alpha-CLIP actor and one read task are set aside first, the rest goes to SAM 2 (the slow
     stage), then what remains to more Alpha-CLIP actors. Each stage gets at least one actor, and at
-    most its max_actors (None: no cap) and the input's read blocks (None: not known), since an actor
-    that no block reaches costs only its model load: on 2 cores, 3 images took 65 s on the 7 actors
-    of a 4-CPU plan and 30 s on one actor per stage.
+    most its max_actors (None: no cap) and one per read block (at_most_one_per_block).
     """
     for stage in (settings.sam, settings.clip):
         if stage.max_actors is not None and stage.max_actors < 1:
@@ -367,14 +365,19 @@ def plan_actors(cluster: dict, settings: IndexSettings, blocks: int | None = Non
     sam_actors = capped(sam, fits(sam, free))
     free = {"CPU": free["CPU"] - sam_actors * sam.num_cpus, "GPU": free["GPU"] - sam_actors * sam.num_gpus}
     clip_actors = capped(clip, 1 + fits(clip, free))
-    if blocks is not None:
-        sam_actors, clip_actors = (min(actors, max(1, blocks)) for actors in (sam_actors, clip_actors))
-    return sam_actors, clip_actors
+    return at_most_one_per_block(sam_actors, blocks), at_most_one_per_block(clip_actors, blocks)
 
 
 def read_blocks(files: int, settings: IndexSettings) -> int:
     """The read stage's blocks for this many files: its parallelism, and every later stage's."""
     return -(-files // settings.read_batch_size)
+
+
+def at_most_one_per_block(actors: int, blocks: int | None) -> int:
+    """A stage's planned actors, but no more than the input's read blocks (None: not known) and at
+    least one: an actor that no block reaches only loads its models, and on a small cluster those
+    loads take the cores the working actors need."""
+    return actors if blocks is None else max(1, min(actors, blocks))
 
 
 def unfinished(store: IndexStore, files: list[str], summary: IndexSummary,

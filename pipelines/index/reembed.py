@@ -32,7 +32,8 @@ from maskdex.operators.registry.presets import embedding_dim, reembed_preset
 from maskdex.pipelines.common.progress import Progress
 from maskdex.pipelines.common.ray_pools import StageResources, device_for_cluster, init_ray
 from maskdex.pipelines.common.sources import read_inputs
-from maskdex.pipelines.index.job import IndexSettings, IndexSummary, commit_results, embed_stage, read_blocks
+from maskdex.pipelines.index.job import (IndexSettings, IndexSummary, at_most_one_per_block, commit_results,
+                                        embed_stage, read_blocks)
 from maskdex.pipelines.common.decode import to_original_size
 from maskdex.pipelines.index.stages import NO_IDENTITY, PENDING, _columns, _prepare, _row
 from maskdex.storage.digests import DigestSet, image_keys
@@ -102,7 +103,7 @@ def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: 
     would place one actor on 2 cores and leave the other core to reads that need a tenth of it.
     largest_node_cpus (default: the cluster's CPUs, one node) sizes the share. With GPUs, the GPU
     reservation decides the count and clip.num_cpus is kept. Never more actors than read blocks
-    (plan_actors says why)."""
+    (at_most_one_per_block)."""
     clip = settings.clip
     cpus = float(cluster.get("CPU", 0.0))
     if clip.num_gpus > 0:
@@ -115,7 +116,7 @@ def plan_clip_actors(cluster: dict, settings: IndexSettings, largest_node_cpus: 
         share = min(clip.num_cpus, node_left / max(1, round(node_left))) if node_left > 0 else clip.num_cpus
         fits = int((cpus - settings.read_num_cpus) / share + 1e-9)
     actors = max(1, fits if clip.max_actors is None else min(clip.max_actors, fits))
-    return (actors if blocks is None else max(1, min(actors, blocks))), share
+    return at_most_one_per_block(actors, blocks), share
 
 
 def _largest_node_cpus() -> float | None:

@@ -22,6 +22,9 @@ from maskdex.storage.digests import DigestSet, image_key, source_key
 from maskdex.storage.region_fragments import RegionFragmentWriter
 from maskdex.storage.schemas import FAILED, MEMBER_SEPARATOR, OK
 
+# torch is imported by the model actors only: every read task's worker imports this module too, and
+# torch would cost each of them seconds of CPU for nothing.
+
 # An input's way through the job: PENDING, then OK or FAILED (the row written), or SKIPPED or DUPLICATE (none written).
 PENDING, SKIPPED, DUPLICATE = "pending", "skipped", "duplicate"
 NO_IDENTITY = -1  # source_size / source_mtime_ns of an input that has none (a parquet row)

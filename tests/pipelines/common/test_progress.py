@@ -16,14 +16,16 @@ class _Clock:
 def test_start_up_is_reported_apart_and_the_rate_counts_from_the_first_result():
     stream, clock = io.StringIO(), _Clock()
     progress = Progress("index", 200, every_s=0.0, stream=stream, clock=clock)
+    started_at = clock.now
     assert stream.getvalue() == ""  # no result yet: nothing to report
-    clock.now = 40.0
+    clock.now = first_result_at = 40.0
     progress.advance(50)
     assert stream.getvalue().splitlines()[-1] == "index: started in 40s (Ray, workers, models); 50/200 images (25%)"
     clock.now = 50.0  # 50 more in the 10 s after the first result: 5 images/s, 100 left
     progress.advance(50)
     assert stream.getvalue().splitlines()[-1] == "index: 100/200 images (50%), 5.00 images/s, about 20s left"
-    assert progress.startup_seconds == 40.0  # what the summary reports: the first result's time only
+    # What the job's summary reports as start-up: until the first result, whatever came after it.
+    assert progress.startup_seconds == first_result_at - started_at
 
 
 def test_progress_without_a_total_and_between_reports():
